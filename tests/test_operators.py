@@ -1,0 +1,232 @@
+"""Operator registries: names, values, and the numerical guard (finite output and gradient)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from safs_optuna.operators import ACON, BINARY, SRS, UNARY, Mix, Operator, TanhSoft1, get_binary, get_unary
+
+PAPER_UNARY = (
+    "relu6 hardswish swish tanhsoft1 acon gelu srs elu tanh softplus logsigmoid symlog symexp".split()
+)
+CLASSIC_UNARY = (
+    "relu x neg abs square cube sqrt_abs exp sin cos sinh cosh asinh atan sinc max0 min0 sigmoid erf gauss "
+    "zero one"
+).split()
+EXTRA_UNARY = "mish selu softsign leaky_relu hardtanh hardsigmoid elish".split()
+REQUIRED_BINARY = "add sub mul max min left sigmoid_gate safe_div mix".split()
+
+LIMIT = 1e4
+# Values where guards matter: the range's ends, 0 and its neighbours (sinc, sqrt_abs, symlog),
+# subnormals, and each clamp bound with its neighbours.
+SPECIAL = [
+    0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1e-7, -1e-7, 1.0, -1.0, 9.999, 10.0, 10.001, -10.0, -10.001,
+    60.0, -60.0, 88.0, -88.0, 100.0, -100.0, 1e3, -1e3, 1e3 + 1, -1e3 - 1, 3e3, -3e3, LIMIT, -LIMIT,
+]
+
+finite_floats = st.floats(min_value=-LIMIT, max_value=LIMIT, allow_nan=False, allow_infinity=False, width=32)
+few = settings(max_examples=25, deadline=None)
+
+
+def _check_finite(op: Operator, *inputs: torch.Tensor) -> None:
+    """Output, input gradients and parameter gradients of ``op`` on ``inputs`` are all finite."""
+    module = op.build()
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    out = module(*leaves)
+    assert out.shape == leaves[0].shape
+    assert torch.isfinite(out).all(), f"{op.name}: non-finite output at {inputs} -> {out}"
+    if not out.requires_grad:  # a constant of x with no parameters
+        return
+    wrt = leaves + [p for p in module.parameters() if p.requires_grad]
+    # Per-element upstream gradient of 1, not out.sum(): the sum itself could overflow.
+    grads = torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
+    for g in grads:
+        assert g is None or torch.isfinite(g).all(), f"{op.name}: non-finite gradient at {inputs} -> {g}"
+
+
+def test_unary_registry_names_exactly() -> None:
+    assert list(UNARY) == PAPER_UNARY + CLASSIC_UNARY + EXTRA_UNARY
+    assert len(UNARY) == 42 >= 30
+    assert all(op.name == name and op.arity == 1 for name, op in UNARY.items())
+
+
+def test_binary_registry_names_exactly() -> None:
+    assert list(BINARY) == REQUIRED_BINARY
+    assert all(op.name == name and op.arity == 2 for name, op in BINARY.items())
+    assert {n for n, op in BINARY.items() if op.commutative} == {"add", "mul", "max", "min"}
+
+
+def test_learnable_operators_are_modules_with_fresh_parameters() -> None:
+    assert {n for n, op in UNARY.items() if op.learnable} == {"acon", "srs", "tanhsoft1"}
+    assert {n for n, op in BINARY.items() if op.learnable} == {"mix"}
+    for op in [*UNARY.values(), *BINARY.values()]:
+        first, second = op.build(), op.build()
+        params = list(first.parameters())
+        assert bool(params) == op.learnable
+        assert all(p.requires_grad for p in params)
+        # Each use gets its own parameters: two sites must not share them.
+        assert not {id(p) for p in params} & {id(p) for p in second.parameters()}
+
+
+def test_unknown_names_are_named_and_valid_ones_listed() -> None:
+    with pytest.raises(ValueError, match=r"unknown unary operator 'foo'; valid: abs, acon, asinh"):
+        get_unary("foo")
+    with pytest.raises(ValueError, match=r"unknown binary operator 'sin'; valid: add, left, max"):
+        get_binary("sin")
+    assert get_unary("gelu") is UNARY["gelu"] and get_binary("mix") is BINARY["mix"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(name="a", arity=3, fn=torch.sin),
+        dict(name="b", arity=1, fn=None),
+        dict(name="c", arity=1, fn=torch.sin, factory=ACON),
+        dict(name="d", arity=1, fn=torch.sin, commutative=True),
+    ],
+)
+def test_operator_rejects_inconsistent_definitions(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=repr(kwargs["name"])):
+        Operator(**kwargs)
+
+
+def _apply(name: str, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return UNARY[name].build()(x)
+
+
+def test_unary_values() -> None:
+    x = torch.linspace(-6, 6, 241)
+    torch_equivalents = {
+        "relu": torch.relu, "relu6": F.relu6, "swish": F.silu, "gelu": F.gelu, "elu": F.elu,
+        "tanh": torch.tanh,
+        "hardswish": F.hardswish, "softplus": F.softplus, "logsigmoid": F.logsigmoid, "mish": F.mish,
+        "sigmoid": torch.sigmoid, "x": lambda t: t, "neg": torch.neg, "abs": torch.abs,
+        "square": torch.square,
+        "cube": lambda t: t**3, "exp": torch.exp, "sin": torch.sin, "cos": torch.cos, "sinh": torch.sinh,
+        "cosh": torch.cosh, "asinh": torch.asinh, "atan": torch.atan, "max0": torch.relu,
+        "min0": lambda t: torch.clamp(t, max=0), "erf": torch.erf, "gauss": lambda t: torch.exp(-t * t),
+        "zero": torch.zeros_like, "one": torch.ones_like, "selu": F.selu, "softsign": F.softsign,
+        "hardtanh": F.hardtanh, "hardsigmoid": F.hardsigmoid, "leaky_relu": F.leaky_relu,
+        "symlog": lambda t: torch.sign(t) * torch.log1p(t.abs()),
+        "symexp": lambda t: torch.sign(t) * torch.expm1(t.abs()),
+        "sinc": lambda t: torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t),
+        "elish": lambda t: torch.where(t >= 0, t, torch.expm1(t)) * torch.sigmoid(t),
+        "sqrt_abs": lambda t: torch.sqrt(t.abs()),
+        # Learnable operators at the SAFS code's initial values.
+        "acon": lambda t: t,  # p1 = p2 = 1: ACON-C starts as the identity
+        "srs": lambda t: t / (t + torch.exp(-t)),
+        "tanhsoft1": lambda t: torch.tanh(t) * F.softplus(t),
+    }
+    assert set(torch_equivalents) == set(UNARY)
+    for name, reference in torch_equivalents.items():
+        atol = 1e-2 if name == "sqrt_abs" else 1e-5  # smoothed at 0 by design
+        torch.testing.assert_close(_apply(name, x), reference(x), atol=atol, rtol=1e-5, msg=name)
+
+
+def test_binary_values() -> None:
+    a, b = torch.randn(2, 100, generator=torch.Generator().manual_seed(0)) * 3
+    expected = {
+        "add": a + b, "sub": a - b, "mul": a * b, "max": torch.maximum(a, b), "min": torch.minimum(a, b),
+        "left": a, "sigmoid_gate": torch.sigmoid(a) * b, "safe_div": a / (1 + b.abs()), "mix": 0.5 * (a + b),
+    }
+    assert set(expected) == set(BINARY)
+    for name, value in expected.items():
+        with torch.no_grad():
+            torch.testing.assert_close(BINARY[name].build()(a, b), value, msg=name)
+    for name in ("add", "mul", "max", "min"):
+        with torch.no_grad():
+            torch.testing.assert_close(BINARY[name].build()(a, b), BINARY[name].build()(b, a))
+
+
+def test_saturating_operators_saturate() -> None:
+    big = torch.tensor([2e3, 5e3, 1e4])  # beyond every clamp bound
+    assert torch.equal(_apply("exp", big), torch.full((3,), math.exp(10.0)))
+    assert torch.equal(_apply("cube", big), torch.full((3,), 1e6))
+    assert torch.equal(_apply("square", -big), torch.full((3,), 1e6))
+    assert torch.equal(_apply("symexp", -big), torch.full((3,), -math.expm1(10.0)))
+
+
+def test_gradient_at_zero_is_the_true_slope_where_one_exists() -> None:
+    x = torch.zeros(1, requires_grad=True)
+    slopes = {"symlog": 1.0, "symexp": 1.0, "sinc": 0.0, "x": 1.0, "asinh": 1.0, "sin": 1.0}
+    for name, slope in slopes.items():
+        (g,) = torch.autograd.grad(UNARY[name].build()(x).sum(), x)
+        assert g.item() == pytest.approx(slope), name
+
+
+def test_learnable_parameters_move_the_function() -> None:
+    x = torch.linspace(-3, 3, 13)
+    acon, srs, tanhsoft, mix = ACON(), SRS(), TanhSoft1(), Mix()
+    with torch.no_grad():
+        acon.p2.fill_(0.0)  # ACON-C with p1 = 1, p2 = 0, beta = 1 is swish
+        torch.testing.assert_close(acon(x), F.silu(x))
+        srs.alpha.fill_(5.0), srs.beta.fill_(3.0)
+        torch.testing.assert_close(srs(x), x / (x / 5 + torch.exp(-x / 3)))
+        tanhsoft.alpha.fill_(2.0)
+        torch.testing.assert_close(tanhsoft(x), torch.tanh(2 * x) * F.softplus(x))
+        mix.beta.fill_(1.0)
+        torch.testing.assert_close(mix(x, -x), x)
+
+
+def test_srs_stays_finite_when_training_drives_its_parameters_to_bad_values() -> None:
+    x = torch.tensor(SPECIAL)
+    for alpha, beta in [(0.0, 1.0), (1.0, 0.0), (1.0, 10.0), (-1.0, 1.0), (1e-9, -1e-9)]:
+        srs = SRS(alpha, beta)
+        _check_finite(Operator("srs", 1, None, lambda srs=srs: srs), x)
+
+
+@pytest.mark.parametrize(
+    "unguarded", [torch.exp, torch.sinh, lambda t: torch.sin(t) / t, lambda t: torch.sqrt(t.abs())]
+)
+def test_the_finiteness_check_catches_unguarded_operators(unguarded) -> None:
+    with pytest.raises(AssertionError, match="non-finite"):
+        _check_finite(Operator("unguarded", 1, unguarded), torch.tensor(SPECIAL))
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary_finite_on_special_values(name: str) -> None:
+    _check_finite(UNARY[name], torch.tensor(SPECIAL, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+def test_binary_finite_on_special_values(name: str) -> None:
+    values = torch.tensor(SPECIAL, dtype=torch.float32)
+    a, b = torch.cartesian_prod(values, values).unbind(1)
+    _check_finite(BINARY[name], a, b)
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+@few
+@given(values=st.lists(finite_floats, min_size=1, max_size=32))
+def test_unary_finite_property(name: str, values: list[float]) -> None:
+    _check_finite(UNARY[name], torch.tensor(values + [-LIMIT, 0.0, LIMIT], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+@few
+@given(pairs=st.lists(st.tuples(finite_floats, finite_floats), min_size=1, max_size=32))
+def test_binary_finite_property(name: str, pairs: list[tuple[float, float]]) -> None:
+    pairs = pairs + [(-LIMIT, LIMIT), (0.0, 0.0), (LIMIT, -LIMIT), (LIMIT, LIMIT), (-LIMIT, -LIMIT)]
+    a, b = torch.tensor(pairs, dtype=torch.float32).unbind(1)
+    _check_finite(BINARY[name], a, b)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_every_operator_survives_jit_trace() -> None:
+    x = torch.randn(16, generator=torch.Generator().manual_seed(1)) * 4
+    y = torch.randn(16, generator=torch.Generator().manual_seed(2)) * 4
+    for op in [*UNARY.values(), *BINARY.values()]:
+        module = op.build()
+        args = (x,) if op.arity == 1 else (x, y)
+        with torch.no_grad():
+            traced = torch.jit.trace(module, args, check_trace=False)
+            # A different input: a trace that baked in a data-dependent branch would give wrong values.
+            new_args = tuple(-2 * t for t in args)
+            torch.testing.assert_close(traced(*new_args), module(*new_args), msg=op.name)
