@@ -1,0 +1,203 @@
+"""Optuna pruners (early stopping of trials) for activation search on sparse networks."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING, Any
+
+from optuna.pruners import BasePruner
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+__all__ = ["DivergencePruner"]
+
+# User attrs shared with safs_optuna.training.fit, which sets the first two on every trial.
+TRAIN_LOSS_ATTR = "train_loss"
+CHANCE_ATTR = "chance_accuracy"
+REASON_ATTR = "pruned_reason"
+
+
+class DivergencePruner(BasePruner):
+    """Pruner that stops diverged and chance-level trials, then defers to another pruner.
+
+    Exotic activations at 99 % sparsity often make training blow up (a NaN or infinite loss)
+    or leave the network guessing (validation accuracy at chance level). Such trials are
+    pruned at once, whatever the wrapped pruner thinks; every other decision is the wrapped
+    pruner's. The reason for each prune, whichever rule made it, is stored on the trial as the
+    user attr ``"pruned_reason"`` (a sentence, shown by optuna-dashboard) and kept in
+    :attr:`last_reason`.
+
+    A trial is pruned when, in this order:
+
+    1. its user attr ``"train_loss"`` is NaN or infinite
+       (:func:`safs_optuna.training.fit` sets it each epoch before reporting);
+    2. the study maximizes and the last ``chance_epochs`` intermediate values are all at most
+       the chance level plus ``chance_margin`` (the level is ``chance_level`` if given, else
+       the trial's user attr ``"chance_accuracy"``, which ``fit`` sets to
+       ``100 / num_classes``; with neither, this rule is skipped);
+    3. ``inner`` prunes it.
+
+    Intermediate values are expected in percent, as ``fit`` reports them.
+
+    .. note::
+        Wrapping :class:`~optuna.pruners.HyperbandPruner` works as it does in
+        :class:`~optuna.pruners.PatientPruner`: Hyperband's ``prune`` builds its per-bracket
+        view of the study itself. Optuna only hands *samplers* that per-bracket view when the
+        study's pruner *is* a ``HyperbandPruner``, so with this wrapper the sampler learns from
+        all trials instead of those of the trial's bracket.
+
+    Example:
+
+        .. code-block:: python
+
+            import optuna
+            from safs_optuna.pruners import DivergencePruner
+
+
+            def objective(trial):
+                lr = trial.suggest_float("lr", 1e-4, 10.0, log=True)
+                trial.set_user_attr("chance_accuracy", 10.0)  # 10 classes
+                accuracy = 10.0
+                for epoch in range(10):
+                    loss = float("nan") if lr > 1.0 else 1.0 / (epoch + 1)
+                    accuracy = 10.0 if lr > 0.1 else 50.0 + 4 * epoch
+                    trial.set_user_attr("train_loss", loss)
+                    trial.report(accuracy, epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(trial.user_attrs.get("pruned_reason"))
+                return accuracy
+
+
+            study = optuna.create_study(
+                direction="maximize",
+                pruner=DivergencePruner(optuna.pruners.HyperbandPruner(max_resource=10)),
+            )
+            study.optimize(objective, n_trials=20)
+            for t in study.trials:
+                print(t.number, t.state.name, t.user_attrs.get("pruned_reason", ""))
+
+    Args:
+        inner:
+            The pruner to defer to when neither rule applies; :obj:`None` never prunes
+            otherwise.
+        chance_epochs:
+            How many of the last reported values must be at chance level; >= 1.
+        chance_margin:
+            Values up to the chance level plus this many percentage points count as chance
+            level; >= 0.
+        chance_level:
+            Chance-level accuracy in percent, in [0, 100]; :obj:`None` reads the trial's user
+            attr ``"chance_accuracy"``.
+    """
+
+    def __init__(
+        self,
+        inner: BasePruner | None = None,
+        chance_epochs: int = 2,
+        chance_margin: float = 1.0,
+        chance_level: float | None = None,
+    ) -> None:
+        if inner is not None and not isinstance(inner, BasePruner):
+            raise TypeError(
+                f"inner must be an optuna.pruners.BasePruner or None, got {type(inner).__name__}"
+            )
+        if (
+            not isinstance(chance_epochs, numbers.Integral)
+            or isinstance(chance_epochs, bool)
+            or chance_epochs < 1
+        ):
+            raise ValueError(f"chance_epochs must be an integer >= 1, got {chance_epochs!r}")
+        if not _is_finite(chance_margin) or chance_margin < 0:
+            raise ValueError(f"chance_margin must be a finite number >= 0, got {chance_margin!r}")
+        valid_level = _is_finite(chance_level) and 0 <= chance_level <= 100
+        if chance_level is not None and not valid_level:
+            raise ValueError(
+                f"chance_level must be None or a percentage in [0, 100], got {chance_level!r}"
+            )
+        self._inner = inner
+        self._chance_epochs = int(chance_epochs)
+        self._chance_margin = float(chance_margin)
+        self._chance_level = None if chance_level is None else float(chance_level)
+        # Informational only: with study.optimize(n_jobs > 1) threads share this attribute;
+        # the per-trial record is the "pruned_reason" user attr.
+        self.last_reason: str | None = None
+
+    @property
+    def inner(self) -> BasePruner | None:
+        """The wrapped pruner."""
+        return self._inner
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        reason = (
+            self._divergence(trial)
+            or self._chance(study, trial)
+            or self._inner_reason(study, trial)
+        )
+        self.last_reason = reason
+        if reason is None:
+            return False
+        if trial.state == TrialState.RUNNING:
+            # Through the storage, as a FrozenTrial cannot write; the dashboard shows user attrs.
+            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+        return True
+
+    def _divergence(self, trial: FrozenTrial) -> str | None:
+        loss = _as_float(trial.user_attrs.get(TRAIN_LOSS_ATTR))
+        if loss is None or math.isfinite(loss):
+            return None
+        where = f" at step {trial.last_step}" if trial.last_step is not None else ""
+        return f"training loss became {loss}{where} (diverged)"
+
+    def _chance(self, study: Study, trial: FrozenTrial) -> str | None:
+        directions = study.directions
+        if len(directions) != 1 or directions[0] != StudyDirection.MAXIMIZE:
+            return None  # "at chance level" means low accuracy; no meaning otherwise
+        level = self._chance_level
+        if level is None:
+            level = _as_float(trial.user_attrs.get(CHANCE_ATTR))
+            if level is None or not math.isfinite(level):
+                return None
+        values = trial.intermediate_values
+        steps = sorted(values)[-self._chance_epochs :]
+        if len(steps) < self._chance_epochs:
+            return None
+        recent = [values[s] for s in steps]
+        if not all(v <= level + self._chance_margin for v in recent):
+            return None
+        epochs = f"{self._chance_epochs} epoch" + ("" if self._chance_epochs == 1 else "s")
+        return (
+            f"validation accuracy {_percent(max(recent))} stayed at chance level "
+            f"({_percent(level)}) for {epochs}"
+        )
+
+    def _inner_reason(self, study: Study, trial: FrozenTrial) -> str | None:
+        if self._inner is None or not self._inner.prune(study, trial):
+            return None
+        step = trial.last_step
+        value = trial.intermediate_values.get(step) if step is not None else None
+        detail = f" at step {step} (intermediate value {value:g})" if value is not None else ""
+        return f"pruned by {type(self._inner).__name__}{detail}"
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_float(value: Any) -> float | None:
+    """A user attr as a float (NaN survives JSON storages as float or as "nan"), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1f}%"
+
