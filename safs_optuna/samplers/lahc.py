@@ -1,0 +1,573 @@
+"""Late-Acceptance Hill Climbing (Burke & Bykov) as an Optuna sampler whose state is the storage."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler
+from optuna.search_space import intersection_search_space
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["LAHCSampler"]
+
+_logger = logging.getLogger(__name__)
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_PENDING = (TrialState.RUNNING, TrialState.WAITING)
+# Random neighbours tried before the neighbourhood is enumerated: cheap, and enough while most
+# neighbours are unseen; enumeration only pays off once the neighbourhood is nearly used up.
+_RANDOM_TRIES = 16
+# A numeric neighbour moves by a Gaussian step of this fraction of the (log) range.
+_STEP_FRACTION = 0.1
+# Largest finite space enumerated for an unseen configuration once every neighbour is taken.
+_MAX_ENUMERATED_SPACE = 100_000
+# Categorical choices preferred for the first trial, in order: the dense network's activation and
+# the binary operator that makes a tree unary, so the search starts from the all-ReLU baseline.
+_PREFERRED_CHOICES = ("relu", "left")
+
+
+class LAHCSampler(BaseSampler):
+    """Sampler using Late-Acceptance Hill Climbing (LAHC, Burke & Bykov 2017).
+
+    LAHC keeps one current solution and a history list of ``history_length`` (L) values, all
+    set to the initial solution's value. At iteration ``k`` a neighbour of the current solution is
+    evaluated and accepted when its value is at least as good as ``history[k mod L]`` or as the
+    current value; then ``history[k mod L]`` becomes the current value. Worse candidates can thus be
+    accepted for a while, which lets the climb leave shallow local optima. The direction
+    (maximize or minimize) is the study's.
+
+    **All state comes from the storage.** For every proposal the sampler replays the study's
+    COMPLETE and PRUNED trials in trial-number order to get the current solution and the history;
+    nothing is kept in the process. Several workers in parallel (each its own process and
+    sampler) and a resumed study therefore continue one and the same chain. PRUNED trials are
+    iterations with the worst value (always rejected); FAIL trials are ignored (a retry of one is a
+    new trial). The randomness of a proposal is a function of ``seed``, the chain position (the
+    number of finished trials replayed) and the number of RUNNING or WAITING trials numbered below
+    the trial being sampled, so a study run in one go and one interrupted and continued by a new
+    process propose the same trials, and two workers proposing at once draw different candidates.
+
+    **Moves.** Parameters are grouped by *site*, the part of the name before the last ``"."``
+    (``"features.3.left"`` belongs to site ``"features.3"``; a name without a dot is its own site).
+    A move picks a site, then one of its parameters with more than one possible value, and changes
+    it: a categorical to a different choice, an int or float by a Gaussian step of 10% of its
+    (log) range, reflected at the bounds and snapped to the step grid. With probability
+    ``swap_probability`` the move instead swaps all parameters of two sites that have the same
+    parameter names and distributions and different values, like the SAFS paper's move.
+
+    **No repeats.** A candidate whose canonical key (``canonical_key(params)`` over the searched
+    parameters, else the parameters themselves) belongs to any trial of the study that is not FAIL
+    (finished, running or waiting) is not proposed while an unseen neighbour exists: a few random
+    neighbours are tried, then every one-node neighbour and swap in a seeded order. Only when all are
+    taken does the sampler fall back to two-step moves, then to any unseen configuration (enumerated
+    when the space is finite and small, else drawn at random), and log this at debug level.
+
+    **First trial.** Every parameter gets ``initial_params[name]`` when given, else ``"relu"`` when it
+    is a choice, else ``"left"`` when it is a choice, else the first choice; an int or float gets
+    the midpoint of its (log) range, snapped to its step. So the search starts from the all-ReLU
+    baseline. A trial the user enqueued (:meth:`optuna.study.Study.enqueue_trial`) keeps its
+    parameters and, once finished, is part of the chain like any other trial.
+
+    The relative search space is the intersection of the finished trials' distributions (before
+    any trial finished: the first running trial's, so a second worker moves away from the initial
+    configuration instead of repeating it). Parameters outside it (dynamic ones) keep the current
+    solution's value, else follow the first-trial rule.
+
+    Example:
+
+        .. code-block:: python
+
+            import optuna
+            from safs_optuna.samplers import LAHCSampler
+
+            ops = ["relu", "tanh", "swish", "gelu"]
+            score = {"relu": 0.0, "tanh": 0.3, "swish": 1.0, "gelu": 0.8}
+
+
+            def objective(trial):
+                return sum(
+                    score[trial.suggest_categorical(f"layer{i}.left", ops)] for i in range(3)
+                )
+
+
+            study = optuna.create_study(direction="maximize", sampler=LAHCSampler(seed=0))
+            study.optimize(objective, n_trials=30)
+            assert study.trials[0].params == {f"layer{i}.left": "relu" for i in range(3)}
+            assert study.best_value == 3.0
+
+    Args:
+        history_length:
+            Length L of the late-acceptance history (3 in the SAFS paper). 1 is a plain hill
+            climber that also accepts equal values.
+        seed:
+            Seed for the proposals. With the same seed and the same stored trials, every process
+            proposes the same candidate.
+        canonical_key:
+            Maps a parameter dict to a hashable identity, equal for equivalent configurations
+            (e.g. :meth:`safs_optuna.space.ActivationSpace.canonical_key`). Defaults to the
+            sorted parameter items.
+        initial_params:
+            Values for the first trial's parameters, by name; see above for the others.
+        swap_probability:
+            Probability that a move swaps two sites' parameters instead of changing one.
+    """
+
+    def __init__(
+        self,
+        history_length: int = 3,
+        seed: int | None = None,
+        canonical_key: Callable[[dict[str, Any]], Hashable] | None = None,
+        initial_params: Mapping[str, Any] | None = None,
+        swap_probability: float = 0.2,
+    ) -> None:
+        if not isinstance(history_length, int) or isinstance(history_length, bool) or history_length < 1:
+            raise ValueError(f"history_length must be an int >= 1, got {history_length!r}")
+        if not 0.0 <= swap_probability <= 1.0:
+            raise ValueError(f"swap_probability must be in [0, 1], got {swap_probability!r}")
+        self._history_length = history_length
+        self._seed = _base_seed(seed)
+        self._canonical_key = canonical_key
+        self._initial_params = dict(initial_params or {})
+        self._swap_probability = float(swap_probability)
+        self._intersection = _IncrementalIntersection()
+
+    def reseed_rng(self) -> None:
+        # Distinct proposals across workers do not depend on this (the trial's position does);
+        # like Optuna's samplers, reseeding just draws a fresh base seed.
+        self._seed = _base_seed(None)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        self._raise_error_if_multi_objective(study)
+        trials = _all_trials(study)
+        finished = [t for t in trials if t.state in _FINISHED]
+        if finished:
+            space = self._intersection.calculate(study._storage, study._study_id, finished)
+        else:
+            anchor = _anchor(trials, trial)
+            space = dict(sorted(anchor.distributions.items())) if anchor is not None else {}
+        # Single-valued distributions never move; Optuna fills them in without asking.
+        return {name: dist for name, dist in space.items() if not dist.single()}
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, BaseDistribution],
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        self._raise_error_if_multi_objective(study)
+        trials = _all_trials(study)
+        chain = _replay(trials, self._history_length, study.direction == StudyDirection.MAXIMIZE)
+        base = chain.current if chain.current is not None else _anchor(trials, trial)
+        if base is None:
+            return {}
+        # A first trial still being suggested may lack some params; move only the known ones.
+        space = {n: d for n, d in search_space.items() if n in base.params}
+        current = {n: base.params[n] for n in space}
+        pending = sum(1 for t in trials if t.state in _PENDING and t.number < trial.number)
+        rng = np.random.default_rng([self._seed, chain.position, pending])
+        taken = self._taken_keys(trials, space, trial.number)
+        return _Proposer(space, current, self._swap_probability, self._key).propose(rng, taken)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        self._raise_error_if_multi_objective(study)
+        trials = _all_trials(study)
+        chain = _replay(trials, self._history_length, study.direction == StudyDirection.MAXIMIZE)
+        base = chain.current if chain.current is not None else _anchor(trials, trial)
+        if base is not None and param_name in base.params:
+            value = base.params[param_name]
+            if _contains(param_distribution, value):
+                return value
+        return self._initial_value(param_name, param_distribution)
+
+    def _initial_value(self, name: str, dist: BaseDistribution) -> Any:
+        if name in self._initial_params:
+            value = self._initial_params[name]
+            if not _contains(dist, value):
+                raise ValueError(
+                    f"initial_params[{name!r}] = {value!r} is not a value of {name!r}; "
+                    f"valid: {_describe(dist)}"
+                )
+            return value
+        if isinstance(dist, CategoricalDistribution):
+            for preferred in _PREFERRED_CHOICES:
+                if any(_same_choice(c, preferred) for c in dist.choices):
+                    return preferred
+            return dist.choices[0]
+        if isinstance(dist, (IntDistribution, FloatDistribution)):
+            low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
+            return _snap(dist, _from_unit(dist, (low + high) / 2))
+        raise ValueError(f"unsupported distribution {dist!r} for {name!r}")
+
+    def _key(self, params: dict[str, Any]) -> Hashable:
+        if self._canonical_key is not None:
+            return self._canonical_key(params)
+        return tuple(sorted(params.items(), key=lambda item: item[0]))
+
+    def _taken_keys(
+        self, trials: Sequence[FrozenTrial], space: Mapping[str, BaseDistribution], number: int
+    ) -> set[Hashable]:
+        """Keys of every configuration the study holds or has queued (FAIL trials excepted)."""
+        taken: set[Hashable] = set()
+        for t in trials:
+            if t.state == TrialState.FAIL or t.number == number:
+                continue
+            params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+            if not all(name in params for name in space):
+                continue  # another worker's trial still being suggested; its key is not known yet
+            try:
+                taken.add(self._key({name: params[name] for name in space}))
+            except (KeyError, TypeError, ValueError) as err:
+                # An enqueued trial with values canonical_key rejects cannot equal a valid candidate.
+                _logger.debug("trial %d has no canonical key (%s); ignored for repeats", t.number, err)
+        return taken
+
+
+class _IncrementalIntersection:
+    """``intersection_search_space`` of the finished trials, folding in only the new ones.
+
+    Equivalent to recomputing it every time: a finished trial's distributions never change,
+    finished trials are never removed, and the intersection does not depend on the order in which
+    trials are folded in. So a per-process cache keyed by the storage object and study id, holding
+    the ids of the trials already folded in, cannot go stale across processes. (Comparing
+    distributions is the cost of a proposal in long studies; this keeps it O(new trials).) The
+    cache is one tuple replaced at once, so threads sharing the sampler see a consistent state.
+    """
+
+    def __init__(self) -> None:
+        # (storage, study id, ids of the trials folded in, their intersection or None if none)
+        self._state: tuple[object, int, frozenset[int], dict[str, BaseDistribution] | None] | None = None
+
+    def calculate(
+        self, storage: object, study_id: int, finished: Sequence[FrozenTrial]
+    ) -> dict[str, BaseDistribution]:
+        state = self._state
+        if state is None or state[0] is not storage or state[1] != study_id:
+            state = (storage, study_id, frozenset(), None)
+        _, _, folded, space = state
+        new = [t for t in finished if t._trial_id not in folded]
+        if new:
+            partial = intersection_search_space(new, include_pruned=True)
+            if space is not None:
+                partial = {n: d for n, d in partial.items() if space.get(n) == d}
+            space = partial
+            self._state = (storage, study_id, folded | {t._trial_id for t in new}, space)
+        return dict(sorted((space or {}).items()))
+
+
+@dataclass
+class _Chain:
+    """LAHC state after replaying the finished trials in trial-number order."""
+
+    current: FrozenTrial | None = None  # None until a trial finished
+    value: float = math.nan
+    history: list[float] = field(default_factory=list)
+    position: int = 0  # finished trials replayed; the candidate after them is iteration position-1
+
+
+def _replay(trials: Sequence[FrozenTrial], history_length: int, maximize: bool) -> _Chain:
+    """Burke & Bykov's LAHC loop over stored trials: the first finished trial is the initial
+    solution; each later one is a candidate; PRUNED candidates are rejected with the worst value."""
+    worst = -math.inf if maximize else math.inf
+
+    def at_least(a: float, b: float) -> bool:
+        return a >= b if maximize else a <= b
+
+    chain = _Chain()
+    for t in sorted((t for t in trials if t.state in _FINISHED), key=lambda t: t.number):
+        value = t.value if t.state == TrialState.COMPLETE else worst
+        if chain.current is None:
+            chain.current, chain.value, chain.history = t, value, [value] * history_length
+        else:
+            slot = (chain.position - 1) % history_length
+            if t.state == TrialState.COMPLETE and (
+                at_least(value, chain.history[slot]) or at_least(value, chain.value)
+            ):
+                chain.current, chain.value = t, value
+            chain.history[slot] = chain.value
+        chain.position += 1
+    return chain
+
+
+def _all_trials(study: optuna.Study) -> list[FrozenTrial]:
+    # The storage, not study.get_trials: a HyperbandPruner hands samplers a study filtered to one
+    # bracket, but the chain is the whole study's (GridSampler does the same).
+    return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+
+def _anchor(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> FrozenTrial | None:
+    """Before any trial finished: the first other live trial with params (the initial one)."""
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state in _PENDING and t.number != trial.number and t.distributions:
+            return t
+    return None
+
+
+class _Proposer:
+    """Neighbours of one configuration, and the choice of an unseen one."""
+
+    def __init__(
+        self,
+        space: Mapping[str, BaseDistribution],
+        current: Mapping[str, Any],
+        swap_probability: float,
+        key: Callable[[dict[str, Any]], Hashable],
+    ) -> None:
+        self._space = dict(space)
+        self._current = dict(current)
+        self._swap_probability = swap_probability
+        self._key = key
+        # site -> {name relative to the site: full name}; sorted so that order is process-independent
+        self._sites: dict[str, dict[str, str]] = {}
+        for name in sorted(space):
+            site, rel = _split_name(name)
+            self._sites.setdefault(site, {})[rel] = name
+        # site -> its params that can change (sites with none are never picked)
+        self._movable: dict[str, list[str]] = {}
+        for site, names in self._sites.items():
+            movable = [n for n in names.values() if _movable(space[n])]
+            if movable:
+                self._movable[site] = movable
+        self._pairs = self._swap_pairs()
+
+    def propose(self, rng: np.random.Generator, taken: set[Hashable]) -> dict[str, Any]:
+        def unseen(params: dict[str, Any]) -> bool:
+            return self._key(params) not in taken
+
+        if self._movable:
+            for _ in range(_RANDOM_TRIES):
+                candidate = self._random_move(rng)
+                if unseen(candidate):
+                    return candidate
+            moves = self._all_moves()
+            for i in rng.permutation(len(moves)):
+                if unseen(moves[i]):
+                    return moves[i]
+            _logger.debug("LAHC: every neighbour of the current solution was tried; two-step move")
+            for _ in range(_RANDOM_TRIES):
+                candidate = self._one_node(rng, self._one_node(rng, self._current))
+                if unseen(candidate):
+                    return candidate
+        _logger.debug("LAHC: no unseen two-step neighbour; proposing any unseen configuration")
+        candidate = self._any_unseen(rng, unseen)
+        if candidate is None:
+            _logger.debug("LAHC: every configuration of the search space was tried; repeating one")
+            candidate = self._random_move(rng) if self._movable else dict(self._current)
+        return candidate
+
+    def _random_move(self, rng: np.random.Generator) -> dict[str, Any]:
+        if self._pairs and rng.random() < self._swap_probability:
+            a, b = self._pairs[rng.integers(len(self._pairs))]
+            return self._swap(a, b)
+        return self._one_node(rng, self._current)
+
+    def _one_node(self, rng: np.random.Generator, params: Mapping[str, Any]) -> dict[str, Any]:
+        sites = list(self._movable)
+        names = self._movable[sites[rng.integers(len(sites))]]
+        name = names[rng.integers(len(names))]
+        dist = self._space[name]
+        if isinstance(dist, CategoricalDistribution):
+            index = dist.to_internal_repr(params[name])
+            others = [i for i in range(len(dist.choices)) if i != index]
+            value = dist.choices[others[rng.integers(len(others))]]
+        else:
+            value = _numeric_neighbour(rng, dist, params[name])
+        return {**params, name: value}
+
+    def _swap_pairs(self) -> list[tuple[str, str]]:
+        pairs = []
+        for a, b in itertools.combinations(sorted(self._sites), 2):
+            names_a, names_b = self._sites[a], self._sites[b]
+            if names_a.keys() != names_b.keys():
+                continue
+            if any(self._space[names_a[r]] != self._space[names_b[r]] for r in names_a):
+                continue
+            if any(self._current[names_a[r]] != self._current[names_b[r]] for r in names_a):
+                pairs.append((a, b))
+        return pairs
+
+    def _swap(self, a: str, b: str) -> dict[str, Any]:
+        params = dict(self._current)
+        for rel, name_a in self._sites[a].items():
+            name_b = self._sites[b][rel]
+            params[name_a], params[name_b] = self._current[name_b], self._current[name_a]
+        return params
+
+    def _all_moves(self) -> list[dict[str, Any]]:
+        moves = [
+            {**self._current, name: value}
+            for names in self._movable.values()
+            for name in names
+            for value in _neighbour_values(self._space[name], self._current[name])
+        ]
+        return moves + [self._swap(a, b) for a, b in self._pairs]
+
+    def _any_unseen(
+        self, rng: np.random.Generator, unseen: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any] | None:
+        names = sorted(self._space)
+        values = [_all_values(self._space[n]) for n in names]
+        if all(v is not None for v in values):
+            sizes = [len(v) for v in values]  # type: ignore[arg-type]
+            total = math.prod(sizes)
+            if total <= _MAX_ENUMERATED_SPACE:
+                for index in rng.permutation(total):
+                    params = {}
+                    for name, options, size in zip(names, values, sizes):
+                        index, digit = divmod(int(index), size)
+                        params[name] = options[digit]  # type: ignore[index]
+                    if unseen(params):
+                        return params
+                return None
+        for _ in range(_RANDOM_TRIES):
+            params = {n: _random_value(rng, self._space[n]) for n in names}
+            if unseen(params):
+                return params
+        return None
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``"features.3.left"`` -> (``"features.3"``, ``"left"``); a dotless name is its own site."""
+    site, dot, rel = name.rpartition(".")
+    return (site, rel) if dot and site else (name, name)
+
+
+def _movable(dist: BaseDistribution) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return len(dist.choices) > 1
+    if isinstance(dist, (IntDistribution, FloatDistribution)):
+        return dist.low < dist.high
+    return False
+
+
+def _base_seed(seed: int | None) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+    return int(seed) % 2**64  # SeedSequence wants a non-negative int
+
+
+def _same_choice(choice: Any, value: Any) -> bool:
+    # 1 == True in Python; a choice only matches a value of its own type.
+    return type(choice) is type(value) and choice == value
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+def _describe(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return ", ".join(repr(c) for c in dist.choices)
+    if isinstance(dist, (IntDistribution, FloatDistribution)):
+        step = f" step {dist.step}" if dist.step is not None else ""
+        return f"{dist.low} .. {dist.high}{step}{' (log)' if dist.log else ''}"
+    return repr(dist)
+
+
+def _to_unit(dist: IntDistribution | FloatDistribution, value: float) -> float:
+    return math.log(value) if dist.log else float(value)
+
+
+def _from_unit(dist: IntDistribution | FloatDistribution, y: float) -> float:
+    return math.exp(y) if dist.log else y
+
+
+def _snap(dist: IntDistribution | FloatDistribution, value: float) -> int | float:
+    """Clip to the range and round to the step grid, in the distribution's type."""
+    value = min(max(value, dist.low), dist.high)
+    if dist.step is not None:
+        value = dist.low + round((value - dist.low) / dist.step) * dist.step
+        value = min(max(value, dist.low), dist.high)
+    return int(round(value)) if isinstance(dist, IntDistribution) else float(value)
+
+
+def _numeric_neighbour(
+    rng: np.random.Generator, dist: IntDistribution | FloatDistribution, value: float
+) -> int | float:
+    low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
+    x = _to_unit(dist, value)
+    y = x + rng.normal(0.0, _STEP_FRACTION * (high - low))
+    # Reflect rather than clip, so that a value sitting on a bound still moves inward.
+    if y > high:
+        y = high - (y - high)
+    if y < low:
+        y = low + (low - y)
+    new = _snap(dist, _from_unit(dist, y))
+    if new == value:  # the step was finer than the grid: take one grid step that way
+        new = _grid_step(dist, value, 1 if y >= x else -1)
+    return new
+
+
+def _grid_step(dist: IntDistribution | FloatDistribution, value: float, direction: int) -> int | float:
+    step = dist.step if dist.step is not None else _STEP_FRACTION * (dist.high - dist.low)
+    for sign in (direction, -direction):
+        new = _snap(dist, value + sign * step)
+        if new != value:
+            return new
+    return _snap(dist, value)
+
+
+def _neighbour_values(dist: BaseDistribution, value: Any) -> list[Any]:
+    """The one-node neighbourhood of one parameter, for exhaustive enumeration."""
+    if isinstance(dist, CategoricalDistribution):
+        index = dist.to_internal_repr(value)
+        return [c for i, c in enumerate(dist.choices) if i != index]
+    assert isinstance(dist, (IntDistribution, FloatDistribution))
+    candidates: list[int | float] = []
+    if dist.step is not None:
+        n_grid = int(round((dist.high - dist.low) / dist.step)) + 1
+        reach = min(10, max(1, round(_STEP_FRACTION * n_grid)))
+        for d in range(1, reach + 1):
+            candidates += [_snap(dist, value - d * dist.step), _snap(dist, value + d * dist.step)]
+    else:
+        low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
+        x = _to_unit(dist, value)
+        for fraction in (0.05, 0.1, 0.2):
+            for y in (x - fraction * (high - low), x + fraction * (high - low)):
+                candidates.append(_snap(dist, _from_unit(dist, min(max(y, low), high))))
+    return list(dict.fromkeys(c for c in candidates if c != value))
+
+
+def _all_values(dist: BaseDistribution) -> list[Any] | None:
+    """Every value of a finite distribution; None for a continuous one."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None:
+        n_grid = int(round((dist.high - dist.low) / dist.step)) + 1
+        if n_grid > _MAX_ENUMERATED_SPACE:
+            return None
+        return list(dict.fromkeys(_snap(dist, dist.low + i * dist.step) for i in range(n_grid)))
+    return None
+
+
+def _random_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[rng.integers(len(dist.choices))]
+    assert isinstance(dist, (IntDistribution, FloatDistribution))
+    low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
+    return _snap(dist, _from_unit(dist, rng.uniform(low, high)))
