@@ -1,0 +1,72 @@
+"""The command line: help, version, and user mistakes that fail cleanly (exit 2, nothing written)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from safs_optuna import __version__
+from safs_optuna.cli import main
+
+from ._tiny import write_config
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    for command in ("run", "worker", "status", "report", "dashboard", "export"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "config" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(["safs-optuna", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "run" in out and "export" in out
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        (('name = "lenet5"', 'name = "lenet6"'), ["lenet6", "lenet5", "resnet18"]),
+        (("trials = 3", "trails = 3"), ["trails", "trials"]),
+        (('preset = "safs"', 'preset = "safs"\nsampler = "annealing"'), ["annealing", "lahc"]),
+        (("ratio = 0.99", "ratio = 1.5"), ["ratio", "1.5"]),
+    ],
+)
+def test_config_error_exits_2_and_writes_no_database(tmp_path, capsys, bad, named):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(*bad, 1))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    for word in named:
+        assert word in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("*.db")) and not list(tmp_path.glob("*.artifacts"))
+
+
+def test_bad_override_and_missing_file(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["run", str(path), "--set", "activations.epochs=0"]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert main(["run", str(path), "--set", "nonsense"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_status_before_any_run_says_how_to_start(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["status", str(path)]) == 1
+    assert "safs-optuna run" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "safs_optuna.cli", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert __version__ in out

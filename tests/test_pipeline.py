@@ -1,0 +1,159 @@
+"""The whole pipeline on the embedded data with tiny budgets: workers, resume, export."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from safs_optuna.cli import main
+from safs_optuna.config import load_config
+from safs_optuna.pipeline import Pipeline
+
+from ._tiny import write_config
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "safs_optuna.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+def _trials(cfg, stage: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=f"{cfg.name}/{stage}", storage=cfg.storage)
+    return study.get_trials(deepcopy=False)
+
+
+def _chain(cfg) -> list[tuple]:
+    """The finished search trials of every stage, in order: params and value."""
+    out = []
+    for stage in ("activations", "hpo", "hpo-relu"):
+        out += [(stage, tuple(sorted(t.params.items())), t.state.name, t.value)
+                for t in _trials(cfg, stage) if t.state.is_finished() and t.state.name != "FAIL"]
+    return out
+
+
+def _results(cfg) -> dict[str, float]:
+    return {s: _trials(cfg, s)[-1].user_attrs["test_accuracy"]
+            for s in ("dense", "baseline", "stage1", "stage2", "final")}
+
+
+def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
+    path = write_config(tmp_path)
+    proc = _cli("run", str(path), "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tiny (measured) |" in proc.stdout and "paper: lenet5 on mnist" in proc.stdout
+    assert "w1]" in proc.stderr and "w2]" in proc.stderr  # both workers did work
+
+    cfg = load_config(path)
+    workers = set()
+    for stage in ("dense", "baseline", "activations", "hpo", "final", "hpo-relu", "stage1", "stage2"):
+        trials = [t for t in _trials(cfg, stage) if t.state == optuna.trial.TrialState.COMPLETE]
+        assert trials, stage
+        workers |= {t.user_attrs["worker"] for t in trials}
+        assert all("formulas" in t.user_attrs for t in trials)
+        sparsity = {t.user_attrs["sparsity"] for t in trials}
+        assert sparsity == {0.0} if stage == "dense" else min(sparsity) > 98.9, (stage, sparsity)
+    assert workers == {1, 2}
+    once = [t for s in ("dense", "baseline", "final", "stage1", "stage2") for t in _trials(cfg, s)]
+    assert len(once) == 5  # every "once" stage ran exactly once with two workers
+    assert sum(t.state.is_finished() for t in _trials(cfg, "activations")) >= 3
+    first = _trials(cfg, "activations")[0]
+    assert set(first.params.values()) == {"relu"}  # LAHC starts from the all-ReLU baseline
+
+    final = optuna.load_study(study_name="tiny/final", storage=cfg.storage)
+    import optuna_dashboard
+
+    note = optuna_dashboard.get_note(final)
+    assert "| tiny (measured) |" in note and "/artifacts/" in note
+    assert len(optuna.artifacts.get_all_artifact_meta(final)) == 1  # the activation plot
+    assert len(optuna.artifacts.get_all_artifact_meta(final.trials[0], storage=final._storage)) == 1  # checkpoint
+
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done") == 8
+    assert main(["report", str(path)]) == 0
+    assert "final activations" in capsys.readouterr().out
+
+    model_file = tmp_path / "out" / "model.pt2"
+    assert main(["export", str(path), str(model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "sparsity 99" in out and "test accuracy" in out
+    probe = (
+        "import sys; sys.modules['safs_optuna'] = None\n"
+        "import torch\n"
+        f"m = torch.export.load({str(model_file)!r}).module()\n"
+        "y = m(torch.randn(3, 1, 28, 28))\n"
+        "assert tuple(y.shape) == (3, 10) and bool(torch.isfinite(y).all())\n"
+        "w = [p for n, p in m.named_parameters() if n.endswith('weight') and p.dim() > 1]\n"
+        "zeros = sum(int((p == 0).sum()) for p in w) / sum(p.numel() for p in w)\n"
+        "assert zeros > 0.98, zeros\n"
+        "print('ok')\n"
+    )
+    check = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True,
+                           cwd=tmp_path, env=ENV)
+    assert check.stdout.strip() == "ok", check.stderr[-2000:]
+
+
+def _interrupt_when(cmd: list[str], ready, sig: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "safs_optuna.cli", *cmd], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_as_if_never_stopped(tmp_path, sig):
+    ref_path = write_config(tmp_path, trials=4, name="ref")
+    assert _cli("run", str(ref_path)).returncode == 0
+    ref = load_config(ref_path)
+
+    path = write_config(tmp_path, trials=4)
+    cfg = load_config(path)
+
+    def mid_stage1() -> bool:  # stop inside the activation search, with a trial running
+        try:
+            trials = _trials(cfg, "activations")
+        except KeyError:
+            return False
+        states = [t.state.name for t in trials]
+        return states.count("COMPLETE") + states.count("PRUNED") >= 2 and "RUNNING" in states
+
+    _interrupt_when(["run", str(path)], mid_stage1, sig)
+    before = [t for t in _trials(cfg, "activations") if t.state.name in ("COMPLETE", "PRUNED")]
+    resumed = _cli("run", str(path))
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+
+    after = _trials(cfg, "activations")
+    finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
+    assert [t.number for t in finished[: len(before)]] == [t.number for t in before]  # kept, not redone
+    assert len(finished) == 4
+    # the same chain of configurations and the same final numbers as the run that never stopped
+    assert _chain(cfg) == _chain(ref)
+    assert _results(cfg) == _results(ref)
+    # one-shot stages were not trained twice
+    assert len([t for t in _trials(cfg, "dense") if t.state.name == "COMPLETE"]) == 1
+
+
+def test_config_change_on_resume_is_refused(tmp_path):
+    path = write_config(tmp_path)
+    cfg = load_config(path)
+    Pipeline(cfg).prepare_studies()
+    changed = load_config(path, {"sparsity.ratio": 0.9})
+    with pytest.raises(Exception, match="sparsity.ratio"):
+        Pipeline(changed).prepare_studies()
+    # a bigger search budget is allowed: that is how a user extends a finished study
+    Pipeline(load_config(path, {"activations.trials": 10})).prepare_studies()
+    assert Path(cfg.storage.replace("sqlite:///", "")).exists()
