@@ -154,6 +154,8 @@ def hparams_from_params(params: Mapping[str, Any], base: HParams) -> tuple[HPara
         momentum=params.get("momentum", base.momentum),
         weight_decay=params.get("weight_decay", base.weight_decay),
         schedule=params.get("schedule", base.schedule),
+        # Nesterov is an SGD option: keep the protocol's only where the trial is SGD too.
+        nesterov=base.nesterov and params.get("optimizer", base.optimizer) == "sgd",
     )
     return hp, bool(params.get("learn_scale", False))
 
@@ -290,8 +292,26 @@ class Pipeline:
             study.set_user_attr("stage", stage.name)
             if stage.kind == "once":
                 study.enqueue_trial({})
+            elif stage.name in ("hpo", "hpo-relu"):
+                self._enqueue_default_protocol(study, relu=stage.name == "hpo-relu")
         self._studies[stage.name] = study
         return study
+
+    def _enqueue_default_protocol(self, study: optuna.Study, relu: bool) -> None:
+        """Start stage 2 from the default protocol, as stage 1 starts from all-ReLU: the search
+        then only reports a protocol that beat the baseline's at the search fidelity."""
+        space, p = self.cfg.hpo.space, self.cfg.protocol
+        if p.optimizer not in space.optimizers or p.schedule not in space.schedules:
+            return  # the default protocol is outside the configured space; nothing to seed
+        clip = lambda v, lo_hi: min(max(v, lo_hi[0]), lo_hi[1])  # noqa: E731
+        params: dict[str, Any] = {"optimizer": p.optimizer, "lr": clip(p.lr, space.lr),
+                                  "weight_decay": clip(p.weight_decay, space.weight_decay),
+                                  "schedule": p.schedule}
+        if p.optimizer == "sgd":
+            params["momentum"] = clip(p.momentum, space.momentum)
+        if not relu and False in space.learn_scale:
+            params["learn_scale"] = False
+        study.enqueue_trial(params)
 
     def _config_diff(self, name: str, stored: Mapping[str, Any]) -> str:
         now = self._config_fingerprint()

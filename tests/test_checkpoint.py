@@ -1,0 +1,137 @@
+"""checkpoint.py: sparse searchable models saved, rebuilt and exported to plain PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import safs_optuna as so
+from safs_optuna.checkpoint import (export_program, load_checkpoint, program_accuracy, save_checkpoint,
+                                   set_trees)
+
+ARCH = {"name": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 28}
+TREES = ("srs(x)", "max(x, tanh(x))", "srs(x)", "swish(x)")
+
+
+def _sparse_lenet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = so.make_searchable(so.build_model("lenet5"))
+    so.magnitude_prune(model, 0.9)
+    set_trees(model, {site: so.OperatorTree.parse(f) for site, f in zip(so.sites(model), TREES)},
+              learn_scale=True)
+    # Move every parameter off its initial value, so that only a faithful round trip reproduces it.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("weight_orig"):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith("_mask")}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = _sparse_lenet()
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    save_checkpoint(path, model, ARCH, learn_scale=True, note="hello")
+    return model, path
+
+
+def test_round_trip_gives_identical_outputs_and_structure(saved):
+    model, path = saved
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["note"] == "hello" and ckpt["arch"] == ARCH and ckpt["learn_scale"] is True
+    assert so.sites(loaded) == so.sites(model)
+    for site, formula in zip(so.sites(loaded), TREES):
+        act = loaded.get_submodule(site)
+        assert act.tree == so.OperatorTree.parse(formula)
+        assert act.learn_scale  # alpha and beta stay trainable
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(5, 1, 28, 28)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert so.sparsity_report(loaded).ratio == pytest.approx(so.sparsity_report(model).ratio)
+    assert so.sparsity_report(loaded).ratio == pytest.approx(0.9, abs=0.01)
+
+
+def test_loaded_model_keeps_its_masks_through_training(saved):
+    model, path = saved
+    loaded, _ = load_checkpoint(path)
+    masks = _masks(model)
+    assert masks and _masks(loaded).keys() == masks.keys()
+    opt = torch.optim.SGD(loaded.parameters(), lr=0.5)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(loaded(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        loaded(x)  # refreshes each pruned module's weight from weight_orig and the mask
+    for key, mask in masks.items():
+        weight = loaded.get_submodule(key.rsplit(".", 1)[0]).weight
+        assert torch.all(weight[mask == 0] == 0), key
+        assert torch.equal(_masks(loaded)[key], mask)
+    # The learnable operators and the scales trained too: the step reached them.
+    srs = loaded.get_submodule(so.sites(loaded)[0])
+    assert srs.alpha.item() != model.get_submodule(so.sites(model)[0]).alpha.item()
+
+
+def test_load_rejects_other_files(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="plain.pt"):
+        load_checkpoint(path)
+    torch.save([1, 2, 3], path)
+    with pytest.raises(ValueError, match="not a safs-optuna checkpoint"):
+        load_checkpoint(path)
+
+
+def test_export_program_matches_the_model_at_any_batch_size(saved, tmp_path):
+    model, _ = saved
+    path = tmp_path / "m.pt2"
+    export_program(model, torch.randn(2, 1, 28, 28), path)
+    program = torch.export.load(str(path)).module()
+    model.eval()
+    # The exported program needs no safs_optuna class and no pruning reparametrisation.
+    assert not any("_mask" in k for k in program.state_dict())
+    for batch in (1, 7):
+        x = torch.randn(batch, 1, 28, 28)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-6)
+    # Exporting did not touch the model: it is still sparse with masks, still trainable.
+    assert _masks(model)
+
+
+def test_program_accuracy_counts_over_batches():
+    # The "model" answers the class written in the first pixel; labels 0..9 with 3 wrong answers.
+    images = torch.arange(10).float().view(10, 1)
+    labels = torch.arange(10)
+    labels[[1, 4, 8]] = 0
+    dataset = TensorDataset(images, labels)
+    answer = lambda x: torch.nn.functional.one_hot(x[:, 0].long(), 10).float()  # noqa: E731
+    assert program_accuracy(answer, dataset, batch_size=3) == pytest.approx(70.0)
+    assert program_accuracy(answer, dataset) == pytest.approx(70.0)
+    empty = TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long))
+    assert program_accuracy(answer, empty) == 0.0
+
+
+def test_set_trees_rejects_unknown_sites_and_lists_the_valid_ones():
+    model = so.make_searchable(so.build_model("lenet5"))
+    with pytest.raises(ValueError) as err:
+        set_trees(model, {"features.9": so.OperatorTree.unary("relu")})
+    message = str(err.value)
+    assert "'features.9'" in message
+    assert all(site in message for site in so.sites(model))
+
+
+def test_set_trees_replaces_only_the_given_sites():
+    model = so.make_searchable(so.build_model("lenet5"))
+    first, *rest = so.sites(model)
+    before = [model.get_submodule(s) for s in rest]
+    set_trees(model, {first: so.OperatorTree.parse("srs(x)")})
+    assert model.get_submodule(first).tree.formula == "srs(x)"
+    assert [model.get_submodule(s) for s in rest] == before

@@ -1,0 +1,171 @@
+"""pipeline.py pieces that need no training: stage-2 params, studies, status, re-arming."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from safs_optuna.config import HPOSpace, load_config
+from safs_optuna.pipeline import STAGES, Pipeline, PipelineError, hparams_from_params, suggest_hparams
+from safs_optuna.training import HParams
+
+from ._tiny import write_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+BASE = HParams(optimizer="adam", lr=1e-3, momentum=0.8, weight_decay=0.0, schedule="constant", batch_size=64)
+
+
+# ----------------------------------------------------------------- stage-2 params
+def _ask(params: dict, space: HPOSpace = HPOSpace(), learn_scale: bool | None = None):
+    study = optuna.create_study()
+    study.enqueue_trial(params)
+    trial = study.ask()
+    hp, learn = suggest_hparams(trial, space, BASE, learn_scale=learn_scale)
+    return trial, hp, learn
+
+
+def test_suggest_hparams_sgd_has_momentum():
+    trial, hp, learn = _ask({"optimizer": "sgd", "lr": 0.05, "momentum": 0.7, "weight_decay": 1e-4,
+                             "schedule": "cosine", "learn_scale": True})
+    assert set(trial.params) == {"optimizer", "lr", "momentum", "weight_decay", "schedule", "learn_scale"}
+    got = (hp.optimizer, hp.lr, hp.momentum, hp.weight_decay, hp.schedule)
+    assert got == ("sgd", 0.05, 0.7, 1e-4, "cosine")
+    assert hp.batch_size == 64  # what stage 2 does not tune comes from the protocol
+    assert learn is True
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop"])
+def test_suggest_hparams_momentum_only_for_sgd(optimizer):
+    trial, hp, learn = _ask({"optimizer": optimizer, "learn_scale": False})
+    assert "momentum" not in trial.params
+    assert hp.optimizer == optimizer and hp.momentum == BASE.momentum
+    assert learn is False
+    lo, hi = HPOSpace().lr
+    assert lo <= hp.lr <= hi
+
+
+def test_suggest_hparams_fixed_learn_scale_is_not_a_param():
+    trial, _, learn = _ask({"optimizer": "adam"}, learn_scale=True)
+    assert "learn_scale" not in trial.params and learn is True
+    trial, _, learn = _ask({"optimizer": "adam"}, learn_scale=False)
+    assert "learn_scale" not in trial.params and learn is False
+
+
+def test_suggest_hparams_respects_the_space():
+    space = HPOSpace(optimizers=("sgd",), lr=(0.01, 0.02), momentum=(0.5, 0.6), weight_decay=(1e-5, 2e-5),
+                     schedules=("step",), learn_scale=(False,))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        hp, learn = suggest_hparams(study.ask(), space, BASE)
+        assert hp.optimizer == "sgd" and hp.schedule == "step" and learn is False
+        assert 0.01 <= hp.lr <= 0.02 and 0.5 <= hp.momentum <= 0.6 and 1e-5 <= hp.weight_decay <= 2e-5
+
+
+def test_hparams_from_params_round_trips_a_stored_trial():
+    # The final stage rebuilds the winner's protocol from its stored params alone.
+    trial, hp, learn = _ask({"optimizer": "sgd", "lr": 0.03, "momentum": 0.95, "weight_decay": 1e-3,
+                             "schedule": "plateau", "learn_scale": True})
+    assert hparams_from_params(trial.params, BASE) == (hp, learn)
+    assert hparams_from_params({}, BASE) == (BASE, False)
+
+
+# A nesterov-SGD protocol must not break stage-2 trials that pick another optimizer.
+def test_hparams_from_params_with_a_nesterov_protocol():
+    base = HParams(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True)
+    hp, _ = hparams_from_params({"optimizer": "adam", "lr": 0.01}, base)
+    assert hp.optimizer == "adam" and not hp.nesterov
+    hp, _ = hparams_from_params({"optimizer": "sgd", "lr": 0.01, "momentum": 0.8}, base)
+    assert hp.optimizer == "sgd" and hp.momentum == 0.8
+
+
+# ----------------------------------------------------------------- studies and status
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(write_config(tmp_path))
+
+
+def _states(cfg, stage: str) -> list[TrialState]:
+    study = optuna.load_study(study_name=f"{cfg.name}/{stage}", storage=cfg.storage)
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def _once(pipe: Pipeline) -> list[str]:
+    return [s.name for s in pipe.stages if s.kind == "once"]
+
+
+def test_status_before_and_after_prepare(cfg):
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    assert [s.name for s in pipe.stages] == [s.name for s in STAGES]  # ablations are on by default
+    for stage in pipe.stages:
+        st = pipe.status(stage)
+        assert not st.exists and not st.done and st.finished == 0 and st.best_trial is None
+    pipe.prepare_studies()
+    budgets = {"activations": 3, "hpo": 3, "hpo-relu": 3}
+    for stage in pipe.stages:
+        st = pipe.status(stage)
+        assert st.exists and not st.done, stage.name
+        assert st.budget == budgets.get(stage.name, 1)
+        queued = 0 if stage.name == "activations" else 1  # stage 2 starts from the default protocol
+        assert (st.waiting, st.running, st.failed, st.finished) == (queued, 0, 0, 0), stage.name
+    assert not pipe.is_done("dense")
+    names = {s.study_name for s in optuna.get_all_study_summaries(cfg.storage)}
+    assert names == {f"tiny/{s.name}" for s in STAGES}
+
+
+def test_once_stages_are_queued_exactly_once(cfg):
+    first = Pipeline(cfg, log=lambda msg: None)
+    first.prepare_studies()
+    first.prepare_studies()
+    second = Pipeline(cfg, worker=1, log=lambda msg: None)  # another worker joining the study
+    second.prepare_studies()
+    for name in _once(first):
+        assert _states(cfg, name) == [TrialState.WAITING], name
+    assert _states(cfg, "activations") == []
+    for name in ("hpo", "hpo-relu"):  # the default protocol, queued once too
+        assert _states(cfg, name) == [TrialState.WAITING], name
+
+
+def test_stage2_starts_from_the_default_protocol_inside_the_space(cfg):
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    pipe.prepare_studies()
+    lo_wd = cfg.hpo.space.weight_decay[0]
+    for name, extra in (("hpo", {"learn_scale": False}), ("hpo-relu", {})):
+        study = optuna.load_study(study_name=f"tiny/{name}", storage=cfg.storage)
+        (trial,) = study.get_trials(deepcopy=False)
+        fixed = trial.system_attrs["fixed_params"]
+        # The protocol's weight decay 0 is clipped into the log-scale range; adam has no momentum.
+        assert fixed == {"optimizer": "adam", "lr": 0.001, "weight_decay": lo_wd, "schedule": "constant",
+                         **extra}, name
+
+
+def test_a_failed_once_stage_is_rearmed_only_when_asked(cfg):
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    pipe.prepare_studies()
+    study = pipe.study(next(s for s in STAGES if s.name == "baseline"))
+    (trial,) = study.get_trials(deepcopy=False)
+    assert pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+    pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+    Pipeline(cfg, log=lambda msg: None).prepare_studies(rearm=False)
+    assert _states(cfg, "baseline") == [TrialState.FAIL]
+    fresh = Pipeline(cfg, log=lambda msg: None)
+    fresh.prepare_studies(rearm=True)
+    assert _states(cfg, "baseline") == [TrialState.FAIL, TrialState.WAITING]
+    fresh.prepare_studies(rearm=True)  # already re-armed: not queued twice
+    assert _states(cfg, "baseline") == [TrialState.FAIL, TrialState.WAITING]
+    for name in _once(pipe):
+        if name != "baseline":
+            assert _states(cfg, name) == [TrialState.WAITING], name
+    st = fresh.status(next(s for s in STAGES if s.name == "baseline"))
+    assert (st.failed, st.waiting) == (1, 1)
+
+
+def test_a_changed_config_is_refused_but_budgets_may_grow(cfg, tmp_path):
+    Pipeline(cfg, log=lambda msg: None).prepare_studies()
+    grown = load_config(write_config(tmp_path, trials=5))
+    Pipeline(grown, log=lambda msg: None).prepare_studies()  # more trials: the same study
+    changed = tmp_path / "tiny.toml"
+    changed.write_text(changed.read_text().replace("ratio = 0.99", "ratio = 0.9"))
+    with pytest.raises(PipelineError, match=r"sparsity\.ratio: stored 0\.99, config 0\.9"):
+        Pipeline(load_config(changed), log=lambda msg: None).prepare_studies()
