@@ -674,12 +674,14 @@ def _show(value: Any) -> str:
 
 
 def _check_storage(url: str, ctx: _Context) -> str:
+    from safs_optuna.storage import redact  # messages never show a password
+
     match = _URL.fullmatch(url)
     if match is None:
         ctx.fail(
             "storage",
             "expected a database URL such as sqlite:///study.db or postgresql://user@host/db, "
-            f"got {url!r}",
+            f"got {redact(url)!r}",
         )
     scheme, rest = match.groups()
     dialect = scheme.split("+", 1)[0].lower()
@@ -687,7 +689,7 @@ def _check_storage(url: str, ctx: _Context) -> str:
         close = difflib.get_close_matches(dialect, STORAGE_SCHEMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         valid = ", ".join(STORAGE_SCHEMES)
-        ctx.fail("storage", f"unknown storage scheme {scheme!r} in {url!r}{hint}; valid: {valid}")
+        ctx.fail("storage", f"unknown storage scheme {scheme!r} in {redact(url)!r}{hint}; valid: {valid}")
     if dialect != "sqlite" or rest == "":
         return url  # servers are used as given; "sqlite://" is an in-memory database
     if not rest.startswith("/"):

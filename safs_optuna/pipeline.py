@@ -57,7 +57,7 @@ from .samplers import LAHCSampler
 from .samplers.seeded import PositionSeededSampler, position_seed
 from .space import ActivationSpace
 from .sparsity import magnitude_prune, sparsity_report
-from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_artifact_store, make_storage
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_artifact_store, make_storage, redact
 from .training import Diverged, HParams, evaluate, fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -323,7 +323,7 @@ class Pipeline:
                           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             elif a != b:
                 diffs.append(f"{section}: stored {a!r}, config {b!r}")
-        return (f"study {name!r} in {self.cfg.storage} was made with a different config "
+        return (f"study {name!r} in {redact(self.cfg.storage)} was made with a different config "
                 f"({'; '.join(diffs)}). Use another name, or delete the database to start over.")
 
     def prepare_studies(self, rearm: bool = True) -> None:

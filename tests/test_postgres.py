@@ -1,0 +1,135 @@
+"""A PostgreSQL URL works unchanged: storage, heartbeats, the whole pipeline with workers, and
+passwords never shown. The server is a throwaway one started by the ``postgres_server`` fixture
+(tests/conftest.py); these tests fail, never skip, when it cannot be started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from safs_optuna.cli import main
+from safs_optuna.storage import StorageError, make_storage, redact
+
+from ._tiny import write_config
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+STAGES = ("dense", "baseline", "activations", "hpo", "final", "hpo-relu", "stage1", "stage2")
+PASSWORD = "Tr0ub4dor-3x7q"  # distinctive, so that any echo of it in output is found
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "safs_optuna.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+
+# --------------------------------------------------------------------------- drivers (no server)
+@pytest.mark.parametrize(("url", "install"), [
+    ("postgresql://alice:Tr0ub4dor-3x7q@127.0.0.1:9/db", "pip install 'safs-optuna[postgres]'"),
+    ("postgresql+psycopg2://alice:Tr0ub4dor-3x7q@127.0.0.1:9/db", "pip install 'safs-optuna[postgres]'"),
+    ("postgresql+psycopg://alice:Tr0ub4dor-3x7q@127.0.0.1:9/db", "pip install 'psycopg[binary]'"),
+])
+def test_missing_driver_names_what_to_install(monkeypatch, url, install):
+    for module in ("psycopg2", "psycopg"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    with pytest.raises(StorageError) as err:
+        make_storage(url)
+    assert install in str(err.value) and "alice:***@" in str(err.value)
+    assert PASSWORD not in str(err.value)
+
+
+def test_missing_driver_on_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    cfg = write_config(tmp_path)
+    url = f"postgresql://alice:{PASSWORD}@127.0.0.1:9/db"
+    assert main(["status", str(cfg), "--storage", url]) == 1
+    out = capsys.readouterr()
+    assert "safs-optuna[postgres]" in out.err and "Traceback" not in out.err
+    assert PASSWORD not in out.out + out.err
+    assert not list(tmp_path.rglob("*.db"))
+
+
+# --------------------------------------------------------------------------- a real server
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_make_storage_on_postgres_with_heartbeats(postgres_server):
+    url = postgres_server.new_database()
+    storage = make_storage(url)
+    assert storage.engine.dialect.name == "postgresql"
+    assert storage.get_heartbeat_interval() == 5  # heartbeats on, stale trials retried
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    assert isinstance(callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
+    study = optuna.create_study(storage=storage, study_name="x", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="x", storage=make_storage(url))
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 2
+
+    # A worker that stops beating is failed, and its trial re-queued, by any other worker.
+    fast = make_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=fast, study_name="beats")
+    trial = study.ask({"a": optuna.distributions.FloatDistribution(0, 1)})
+    fast.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.FAIL, TrialState.WAITING], states
+    assert study.trials[1].params == study.trials[0].params
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(postgres_server, tmp_path):
+    url = postgres_server.new_database(user="safs_user", password=PASSWORD)
+    wrong = url.replace(PASSWORD, "Wr0ng-Pa55word-zz")
+    with pytest.raises(StorageError) as err:
+        make_storage(wrong)
+    assert "password authentication failed" in str(err.value)
+    assert "Wr0ng-Pa55word-zz" not in str(err.value) and redact(wrong) in str(err.value)
+    make_storage(url)  # the right one opens
+
+
+@pytest.mark.slow
+def test_pipeline_with_two_workers_on_postgres_then_status_and_report(postgres_server, tmp_path):
+    url = postgres_server.new_database(user="safs_user", password=PASSWORD)
+    cfg = write_config(tmp_path, trials=2)
+    outputs = []
+
+    run = _cli("run", str(cfg), "--workers", "2", "--storage", url, cwd=tmp_path)
+    outputs.append(run.stdout + run.stderr)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| tiny (measured) |" in run.stdout
+    assert "w1]" in run.stderr and "w2]" in run.stderr  # both workers did work
+
+    status = _cli("status", str(cfg), "--storage", url, cwd=tmp_path)
+    outputs.append(status.stdout + status.stderr)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert ":***@127.0.0.1" in status.stdout
+    for stage in STAGES:
+        assert any(line.split()[:2] == [stage, "done"] for line in status.stdout.splitlines()), stage
+
+    report = _cli("report", str(cfg), "--storage", url, cwd=tmp_path)
+    outputs.append(report.stdout + report.stderr)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "| tiny (measured) |" in report.stdout and "final activations:" in report.stdout
+
+    # The password was never printed by any command.
+    assert all(PASSWORD not in out for out in outputs)
+
+    # Every stage's study is in PostgreSQL, with finished trials, and no SQLite file was written.
+    storage = make_storage(url)
+    assert storage.engine.dialect.name == "postgresql"
+    assert set(optuna.get_all_study_names(storage)) == {f"tiny/{s}" for s in STAGES}
+    workers = set()
+    for stage in STAGES:
+        study = optuna.load_study(study_name=f"tiny/{stage}", storage=storage)
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        assert done, stage
+        workers |= {t.user_attrs["worker"] for t in done}
+    assert workers == {1, 2}
+    assert not list(tmp_path.rglob("*.db*")) and not (tmp_path / "tiny.db").exists()
+    assert (tmp_path / "tiny.artifacts").is_dir()  # checkpoints stay in the (shared) folder
