@@ -67,6 +67,21 @@ def _config(args: argparse.Namespace):
         raise UserError(f"no such config file: {exc.filename or args.config}", EXIT_USAGE) from None
 
 
+def _check_device(cfg) -> None:
+    import torch
+
+    device = cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"the config asks for device {device!r} but torch sees no CUDA device here; "
+                        "run with --device cpu (or on a machine with a GPU)", EXIT_USAGE)
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} does not exist; this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s)", EXIT_USAGE)
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("the config asks for device 'mps' but it is not available; use --device cpu",
+                        EXIT_USAGE)
+
+
 def _pipeline(cfg, worker: int = 0, must_exist: bool = False):
     from .pipeline import Pipeline
     from .storage import redact, storage_exists
@@ -79,12 +94,14 @@ def _pipeline(cfg, worker: int = 0, must_exist: bool = False):
 
 # ---------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import default_threads, set_threads
+    from .pipeline import default_threads, load_splits, set_threads
 
     cfg = _config(args)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
     threads = cfg.threads or default_threads(args.workers)
+    _check_device(cfg)
+    load_splits(cfg)  # a missing dataset stops here, before anything is written to the storage
     pipe = _pipeline(cfg)
     pipe.prepare_studies(rearm=True)
     pipe.settle()
@@ -123,6 +140,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .pipeline import default_threads, set_threads
 
     cfg = _config(args)
+    _check_device(cfg)
     set_threads(args.threads or cfg.threads or default_threads(1))
     _pipeline(cfg, worker=args.worker_id).work()
     return 0
@@ -290,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from .data import DatasetNotFoundError
     from .pipeline import PipelineError
     from .storage import StorageError
 
@@ -298,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"safs-optuna: {exc}", file=sys.stderr)
         return exc.code
-    except (PipelineError, StorageError) as exc:
+    except (PipelineError, StorageError, DatasetNotFoundError) as exc:
         print(f"safs-optuna: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -469,9 +469,7 @@ class Pipeline:
     @property
     def splits(self) -> data_mod.Splits:
         if self._splits is None:
-            d = self.cfg.data
-            self._splits = data_mod.load(d.name, root=d.root, val_size=d.val_size,
-                                         seed=self.cfg.seed, download=d.download)
+            self._splits = load_splits(self.cfg)
         return self._splits
 
     def _search_splits(self, fraction: float) -> data_mod.Splits:
@@ -701,6 +699,12 @@ class Pipeline:
         lines += [f"| `{site}` | `{title.split(': ', 1)[1]}` |" for site, title in titles.items()]
         lines += ["", f"![learned activations](/artifacts/{study._study_id}/{artifact_id})", ""]
         optuna_dashboard.save_note(study, "\n".join(lines))
+
+
+def load_splits(cfg: StudyConfig) -> data_mod.Splits:
+    """The config's dataset, split into train / val / test with the study's seed."""
+    d = cfg.data
+    return data_mod.load(d.name, root=d.root, val_size=d.val_size, seed=cfg.seed, download=d.download)
 
 
 def default_threads(workers: int) -> int:

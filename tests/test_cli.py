@@ -70,3 +70,20 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "safs_optuna.cli", "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert __version__ in out
+
+
+def test_missing_device_is_a_clean_usage_error(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["run", str(path), "--device", "cuda:99"]) == 2  # no machine has 100 GPUs
+    err = capsys.readouterr().err
+    assert "cuda:99" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_missing_dataset_is_a_clean_error_and_writes_nothing(tmp_path, capsys):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('name = "quickstart"', f'name = "cifar10"\nroot = "{tmp_path}"'))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "cifar10" in err and str(tmp_path) in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.db"))

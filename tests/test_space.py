@@ -37,7 +37,7 @@ def test_presets():
     assert set(core.unary) == set(UNARY) and set(core.binary) == set(BINARY)
     assert core.unary[0] == "relu" and core.binary[0] == "left"
     compact = ActivationSpace.preset("compact")
-    assert compact.binary == ("left", "add", "mul", "max")
+    assert compact.binary == ("left", "max", "add", "mix")
     assert compact.unary[0] == "relu" and "x" in compact.unary and 6 <= len(compact.unary) <= 10
     assert ActivationSpace.PRESETS == ("safs", "core", "compact")
     assert all(ActivationSpace.preset(name).name == name for name in ActivationSpace.PRESETS)
@@ -133,16 +133,16 @@ def test_decode_encode_roundtrip(preset):
 
 
 def test_encode_unary_tree_right_is_x_or_left():
-    tree = OperatorTree.unary("sin")
+    tree = OperatorTree.unary("erf")
     assert ActivationSpace.preset("compact").encode({"a": tree})["a.right"] == "x"
-    no_x = ActivationSpace(["relu", "sin"], ["left", "add"])
-    assert no_x.encode({"a": tree}) == {"a.binary": "left", "a.left": "sin", "a.right": "sin"}
+    no_x = ActivationSpace(["relu", "erf"], ["left", "add"])
+    assert no_x.encode({"a": tree}) == {"a.binary": "left", "a.left": "erf", "a.right": "erf"}
     assert ActivationSpace.preset("safs").encode({"a": OperatorTree.unary("gelu")}) == {"a.left": "gelu"}
 
 
 def test_encode_enqueued_trial_suggests_the_same_trees():
     space = ActivationSpace.preset("compact")
-    wanted = {"a": OperatorTree("max", "x", "tanh"), "b": OperatorTree.unary("swish")}
+    wanted = {"a": OperatorTree("max", "x", "srs"), "b": OperatorTree.unary("elu")}
     study = _study()
     study.enqueue_trial(space.encode(wanted))
     trial = study.ask()
@@ -159,7 +159,7 @@ def test_encode_and_decode_reject_values_outside_the_space():
     with pytest.raises(ValueError, match=r"a.left = 'sin'.*valid: relu"):
         space.decode({"a.left": "sin"})
     compact = ActivationSpace.preset("compact")
-    with pytest.raises(ValueError, match=r"a.binary = 'min'.*valid: left, add, mul, max"):
+    with pytest.raises(ValueError, match=r"a.binary = 'min'.*valid: left, max, add, mix"):
         compact.decode({"a.binary": "min", "a.left": "relu", "a.right": "x"})
 
 
@@ -174,18 +174,18 @@ def test_canonical_key_merges_equivalent_configurations():
     space = ActivationSpace.preset("compact")
     key = space.canonical_key
     # Commutative binary: operand order does not matter.
-    a = {"s.binary": "add", "s.left": "x", "s.right": "sin"}
-    b = {"s.binary": "add", "s.left": "sin", "s.right": "x"}
+    a = {"s.binary": "add", "s.left": "x", "s.right": "srs"}
+    b = {"s.binary": "add", "s.left": "srs", "s.right": "x"}
     assert key(a) == key(b)
     # A unary tree ignores its right operand.
-    c = {"s.binary": "left", "s.left": "tanh", "s.right": "sin"}
-    d = {"s.binary": "left", "s.left": "tanh", "s.right": "x"}
+    c = {"s.binary": "left", "s.left": "elu", "s.right": "srs"}
+    d = {"s.binary": "left", "s.left": "elu", "s.right": "x"}
     assert key(c) == key(d)
     # Different activations differ; site order in the mapping does not matter.
     assert key(a) != key(c)
-    two = {**a, "t.binary": "max", "t.left": "x", "t.right": "tanh"}
+    two = {**a, "t.binary": "max", "t.left": "x", "t.right": "elu"}
     assert key(two) == key(dict(reversed(list(two.items()))))
-    assert key(two) != key({**a, "t.binary": "max", "t.left": "x", "t.right": "sin"})
+    assert key(two) != key({**a, "t.binary": "max", "t.left": "x", "t.right": "srs"})
     hash(key(two))
 
 
