@@ -35,6 +35,7 @@ def main() -> None:
 
     splits = so.data.load("quickstart", seed=args.seed)
     hp = so.HParams(optimizer="adam", lr=1e-3, batch_size=args.batch_size)
+    torch.manual_seed(args.seed)  # the dense initial weights too
     model = so.make_searchable(so.build_model("lenet5", num_classes=splits.num_classes,
                                               in_channels=splits.in_channels, image_size=splits.image_size))
     t0 = time.time()

@@ -58,7 +58,7 @@ from .samplers.seeded import PositionSeededSampler, position_seed
 from .space import ActivationSpace
 from .sparsity import magnitude_prune, sparsity_report
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_artifact_store, make_storage, redact
-from .training import Diverged, HParams, evaluate, fit
+from .training import Diverged, FitResult, HParams, evaluate, fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 2.0
@@ -572,17 +572,30 @@ class Pipeline:
         model = build_model(**self.arch)
         hp = self.cfg.protocol.hparams()
         if self.cfg.dense.checkpoint:
-            state = torch.load(self.cfg.dense.checkpoint, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+            self._load_user_weights(model, self.cfg.dense.checkpoint)
             make_searchable(model)
             val = evaluate(model, self.splits.val, device=self.cfg.device).accuracy
-            result = type("Loaded", (), {"best_val_accuracy": val, "best_epoch": 0})()
+            result = FitResult(best_val_accuracy=val, best_epoch=0, history=[])
             epochs = 0
         else:
             make_searchable(model)
             epochs = self.cfg.dense.epochs
             result = self._fit(model, self.splits, hp, epochs, "dense", trial=None)
         return self._finish_once(trial, model, result, "dense.pt", False, hp, epochs)
+
+    def _load_user_weights(self, model: nn.Module, path: str) -> None:
+        """The user's dense weights: a state_dict, or a dict holding one under "state_dict"."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors come in many types
+            raise PipelineError(f"[dense] checkpoint {path}: cannot be read as a torch state_dict ({exc})") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise PipelineError(f"[dense] checkpoint {path} does not fit model {self.cfg.model.name!r} "
+                                f"({self.arch}): {exc}") from exc
 
     def _finetune_once(self, trial: optuna.Trial, stage: str, trees: Mapping[str, OperatorTree],
                        hp: HParams, learn_scale: bool, filename: str) -> float:

@@ -80,10 +80,11 @@ def test_quickstart_is_small_and_offline():
     config = load_config(STUDIES / "quickstart.toml")
     assert (config.model.name, config.data.name, config.device) == ("lenet5", "quickstart", "cpu")
     assert config.protocol.optimizer == "adam" and config.protocol.lr == 1e-3
-    assert (config.dense.epochs, config.final.epochs) == (4, 4)
     a, h = config.activations, config.hpo
-    assert (a.trials, a.epochs, a.fraction) == (16, 2, 0.5)
-    assert (h.trials, h.epochs, h.fraction) == (10, 2, 0.5)
+    # Whole-data epochs of the whole pipeline with ablations: a few minutes on 2 CPU cores.
+    epochs = (config.dense.epochs + 4 * config.final.epochs + a.trials * a.epochs * a.fraction
+              + 2 * h.trials * h.epochs * h.fraction)
+    assert epochs <= 120, epochs
 
 
 @pytest.mark.parametrize(

@@ -157,3 +157,32 @@ def test_config_change_on_resume_is_refused(tmp_path):
     # a bigger search budget is allowed: that is how a user extends a finished study
     Pipeline(load_config(path, {"activations.trials": 10})).prepare_studies()
     assert Path(cfg.storage.replace("sqlite:///", "")).exists()
+
+
+def test_dense_checkpoint_is_used_instead_of_training(tmp_path):
+    import torch
+
+    import safs_optuna as so
+
+    torch.manual_seed(1)
+    dense = so.build_model("lenet5")
+    torch.save(dense.state_dict(), tmp_path / "mine.pt")
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("[dense]\nepochs = 1", '[dense]\ncheckpoint = "mine.pt"'))
+    cfg = load_config(path)
+    pipe = Pipeline(cfg)
+    pipe.prepare_studies()
+    pipe._run_once(pipe.stages[0], pipe.status(pipe.stages[0]))
+    trial = _trials(cfg, "dense")[0]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["epochs"] == 0
+    splits = so.data.load("quickstart")
+    assert trial.value == pytest.approx(so.evaluate(so.make_searchable(dense), splits.val).accuracy)
+    assert torch.equal(pipe.sparse_model.get_submodule("0").weight_orig, dense.get_submodule("0").weight)
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(so.build_model("vgg16").state_dict(), wrong)
+    bad = write_config(tmp_path, name="bad")
+    bad.write_text(bad.read_text().replace("[dense]\nepochs = 1", '[dense]\ncheckpoint = "wrong.pt"'))
+    proc = _cli("run", str(bad))
+    assert proc.returncode == 1
+    assert "wrong.pt does not fit model 'lenet5'" in proc.stderr and "Traceback" not in proc.stderr
