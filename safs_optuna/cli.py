@@ -110,13 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         set_threads(threads)
         pipe.work()
     else:
-        _spawn_workers(args, threads)
+        _spawn_workers(args, threads, pipe)
     print(f"\n{cfg.name}: finished in {time.time() - start:.0f}s\n")
     print(pipe.table())
     return 0
 
 
-def _spawn_workers(args: argparse.Namespace, threads: int) -> None:
+def _spawn_workers(args: argparse.Namespace, threads: int, pipe) -> None:
     base = [sys.executable, "-m", "safs_optuna.cli", "worker", str(args.config), "--threads", str(threads)]
     procs = [subprocess.Popen(base + ["--worker-id", str(i + 1)] + _override_args(args))
              for i in range(args.workers)]
@@ -131,9 +131,14 @@ def _spawn_workers(args: argparse.Namespace, threads: int) -> None:
                 p.kill()
         raise
     failed = [i + 1 for i, c in enumerate(codes) if c != 0]
-    if failed:
-        raise UserError(f"worker(s) {', '.join(map(str, failed))} stopped with an error (see above); "
-                        "run the same command again to resume")
+    pending = [stage.name for stage in pipe.stages if not pipe.status(stage).done]
+    if failed and not pending:
+        # A killed worker's trials were retried by the others: nothing is missing.
+        print(f"safs-optuna: worker(s) {', '.join(map(str, failed))} stopped early; the other workers "
+              "finished their work", file=sys.stderr)
+    elif failed:
+        raise UserError(f"worker(s) {', '.join(map(str, failed))} stopped with an error (see above) "
+                        f"and {', '.join(pending)} did not finish; run the same command again to resume")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

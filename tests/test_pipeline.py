@@ -186,3 +186,31 @@ def test_dense_checkpoint_is_used_instead_of_training(tmp_path):
     proc = _cli("run", str(bad))
     assert proc.returncode == 1
     assert "wrong.pt does not fit model 'lenet5'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_killed_worker_is_replaced_by_the_other(tmp_path):
+    path = write_config(tmp_path, trials=6)
+    cfg = load_config(path)
+    proc = subprocess.Popen([sys.executable, "-m", "safs_optuna.cli", "run", str(path), "--workers", "2"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def searching() -> bool:
+        try:
+            return any(t.state.name == "RUNNING" for t in _trials(cfg, "activations"))
+        except KeyError:
+            return False
+
+    deadline = time.time() + 300
+    while time.time() < deadline and not searching():
+        time.sleep(0.2)
+    pid = subprocess.run(["pgrep", "-f", f"worker {path} .*--worker-id 2"], capture_output=True,
+                         text=True).stdout.split()
+    assert pid, "worker 2 not found"
+    os.kill(int(pid[0]), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "worker(s) 2 stopped early" in out
+    for stage in ("dense", "baseline", "final", "stage1", "stage2"):
+        assert sum(t.state.name == "COMPLETE" for t in _trials(cfg, stage)) == 1, stage
+    finished = [t for t in _trials(cfg, "activations") if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) >= 6
