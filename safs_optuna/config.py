@@ -55,8 +55,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-if typing.TYPE_CHECKING:
-    from safs_optuna.training import HParams
+from safs_optuna.training import HParams
 
 __all__ = [
     "PRUNERS",
@@ -152,8 +151,8 @@ class DenseConfig:
 
 
 @dataclass(frozen=True)
-class ProtocolConfig:
-    """``[protocol]``: the default fine-tuning protocol (the fields of ``training.HParams``).
+class ProtocolConfig(HParams):
+    """``[protocol]``: the default fine-tuning protocol — exactly the fields of ``training.HParams``.
 
     It trains the dense network, fine-tunes the magnitude-pruning baseline and scores every
     stage-1 candidate.
@@ -165,19 +164,12 @@ class ProtocolConfig:
             hparams = config.protocol.hparams()   # a safs_optuna.training.HParams
     """
 
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    batch_size: int = 128
-    nesterov: bool = False
-    augment: bool = False
+    def __post_init__(self) -> None:
+        # Checked by _check_protocol instead, so that errors name the file and the key.
+        pass
 
     def hparams(self) -> HParams:
-        """This protocol as :class:`safs_optuna.training.HParams`."""
-        from safs_optuna.training import HParams
-
+        """This protocol as :class:`safs_optuna.training.HParams` (validated)."""
         return HParams(**dataclasses.asdict(self))
 
 
