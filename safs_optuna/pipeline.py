@@ -290,6 +290,9 @@ class Pipeline:
             # so a "once" stage is queued exactly once however many workers start together.
             study.set_user_attr("config", self._config_fingerprint())
             study.set_user_attr("stage", stage.name)
+            import optuna_dashboard  # the dashboard's plots then name the value
+
+            optuna_dashboard.set_objective_names(study, ["validation accuracy %"])
             if stage.kind == "once":
                 study.enqueue_trial({})
             elif stage.name in ("hpo", "hpo-relu"):
@@ -450,6 +453,8 @@ class Pipeline:
                     study.tell(trial, state=TrialState.FAIL)
                     raise
             study.tell(trial, value)
+            if stage.name in COLUMN_STAGES and self.is_done("final"):
+                self._write_note()
             self.log(f"{stage.name}: done in {time.time() - start:.0f}s — val {value:.2f}%, "
                      f"test {trial.user_attrs.get('test_accuracy', float('nan')):.2f}%")
             return True
@@ -630,9 +635,7 @@ class Pipeline:
 
     def _once_final(self, trial: optuna.Trial) -> float:
         hp, learn = self._winner_hparams("hpo")
-        value = self._finetune_once(trial, "final", self._stage1_trees(), hp, learn, "final.pt")
-        self._write_note(trial)
-        return value
+        return self._finetune_once(trial, "final", self._stage1_trees(), hp, learn, "final.pt")
 
     # ----------------------------------------------------------------- search objectives
     def _objective_activations(self, trial: optuna.Trial) -> float:
@@ -686,32 +689,41 @@ class Pipeline:
     def table(self) -> str:
         return markdown_table(self.rows())
 
-    def _write_note(self, trial: optuna.Trial) -> None:
-        """The final study's dashboard note: the results table and the learned activations."""
+    def _write_note(self) -> None:
+        """The final study's dashboard note: the results table and the learned activations.
+
+        Rewritten whenever a column of the table finishes after the final stage (the ablations
+        usually do), so the note ends up with every column."""
         import optuna_dashboard
 
-        model, _ = load_checkpoint(Path(self._tmp.name) / "upload" / str(trial.number) / "final.pt")
+        final = next(s for s in self.stages if s.name == "final")
+        study = self.study(final)
+        model, _ = load_checkpoint(self._checkpoint_of("final"))
         acts = {site: model.get_submodule(site) for site in sites(model)}
-        titles = {site: f"{site}: {a.beta.item():.3g}·{a.tree.formula} at {a.alpha.item():.3g}·x"
-                  for site, a in acts.items()}
-        svg = activation_svg(activation_curves(acts), titles)
-        path = Path(self._tmp.name) / "activations.svg"
-        path.write_text(svg)
-        study = trial.study
-        artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifacts, file_path=str(path),
-                                                       study_or_trial=study, mimetype="image/svg+xml")
-        # The final trial is still running here: put its own numbers into the table by hand.
-        rows = self.rows()
-        measured = list(rows[0].values)
-        measured[-1] = trial.study._storage.get_trial(trial._trial_id).user_attrs.get("test_accuracy")
-        rows[0] = ResultRow(rows[0].label, tuple(measured))
+        shown = {site: _describe(a) for site, a in acts.items()}
+        plots = optuna.artifacts.get_all_artifact_meta(study)
+        if plots:
+            artifact_id = plots[0].artifact_id
+        else:
+            path = Path(self._tmp.name) / "activations.svg"
+            path.write_text(activation_svg(activation_curves(acts), {s: f"{s}: {d}" for s, d in shown.items()}))
+            artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifacts, file_path=str(path),
+                                                           study_or_trial=study, mimetype="image/svg+xml")
         lines = [f"# SAFS result: {self.cfg.name}", "",
                  f"{self.cfg.model.name} on {self.cfg.data.name}, sparsity {self.cfg.sparsity.ratio:g} "
-                 f"({self.cfg.sparsity.scope}); test accuracy %.", "", markdown_table(rows), "",
+                 f"({self.cfg.sparsity.scope}); test accuracy %.", "", self.table(), "",
                  "## Learned activations", "", "| site | activation |", "|---|---|"]
-        lines += [f"| `{site}` | `{title.split(': ', 1)[1]}` |" for site, title in titles.items()]
+        lines += [f"| `{site}` | `{d}` |" for site, d in shown.items()]
         lines += ["", f"![learned activations](/artifacts/{study._study_id}/{artifact_id})", ""]
         optuna_dashboard.save_note(study, "\n".join(lines))
+
+
+def _describe(act: nn.Module) -> str:
+    """``srs(x)``, or with learned scales ``0.93 · srs(x) at x = 1.2·x``."""
+    alpha, beta = act.alpha.item(), act.beta.item()
+    if alpha == 1.0 and beta == 1.0:
+        return act.tree.formula
+    return f"{beta:.3g} · {act.tree.formula} at x = {alpha:.3g}·x"
 
 
 def load_splits(cfg: StudyConfig) -> data_mod.Splits:
