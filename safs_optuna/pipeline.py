@@ -201,6 +201,7 @@ class Pipeline:
         self.stages = tuple(s for s in STAGES if cfg.ablations or not s.ablation)
         self._studies: dict[str, optuna.Study] = {}
         self._splits: data_mod.Splits | None = None
+        self._subsets: dict[float, data_mod.Splits] = {}
         self._sparse: nn.Module | None = None
         self._space: ActivationSpace | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="safs-optuna-")
@@ -357,15 +358,13 @@ class Pipeline:
             time.sleep(1.0)
 
     # ----------------------------------------------------------------- status
-    def status(self, stage: Stage, create: bool = False) -> StageStatus:
-        if create:
-            study = self.study(stage)
-        else:
-            try:
-                study = self._studies.get(stage.name) or optuna.load_study(
-                    study_name=self.study_name(stage.name), storage=self.storage)
-            except KeyError:
-                return StageStatus(stage, False, 0, 0, 0, 0, self.budget(stage), None, None)
+    def status(self, stage: Stage | str) -> StageStatus:
+        stage = _stage(stage)
+        try:
+            study = self._studies.get(stage.name) or optuna.load_study(
+                study_name=self.study_name(stage.name), storage=self.storage)
+        except KeyError:
+            return StageStatus(stage, False, 0, 0, 0, 0, self.budget(stage), None, None)
         trials = study.get_trials(deepcopy=False)
         count = lambda *states: sum(t.state in states for t in trials)  # noqa: E731
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -375,8 +374,7 @@ class Pipeline:
                            best.value if best else None, best)
 
     def is_done(self, name: str) -> bool:
-        stage = next(s for s in self.stages if s.name == name)
-        return self.status(stage).done
+        return self.status(name).done
 
     # ----------------------------------------------------------------- the worker loop
     def work(self, poll: float = POLL_SECONDS) -> None:
@@ -392,7 +390,8 @@ class Pipeline:
                 if st.done:
                     continue
                 pending.append(stage.name)
-                if not all(self.is_done(n) for n in stage.needs if n in self._names()):
+                # Every stage's needs are enabled whenever it is (ablations need only core stages).
+                if not all(self.is_done(n) for n in stage.needs):
                     continue
                 if stage.kind == "once" and self._run_once(stage, st):
                     progressed = True
@@ -411,9 +410,6 @@ class Pipeline:
                              f"is retried after {self.grace_period}s without heartbeat)")
                 self._fail_stale()
                 time.sleep(poll)
-
-    def _names(self) -> set[str]:
-        return {s.name for s in self.stages}
 
     def _fail_stale(self) -> None:
         for study in self._studies.values():
@@ -476,7 +472,11 @@ class Pipeline:
         return self._splits
 
     def _search_splits(self, fraction: float) -> data_mod.Splits:
-        return self.splits if fraction >= 1.0 else self.splits.search_subset(fraction, seed=self.cfg.seed)
+        if fraction >= 1.0:
+            return self.splits
+        if fraction not in self._subsets:  # the same subset for every trial: made once per worker
+            self._subsets[fraction] = self.splits.search_subset(fraction, seed=self.cfg.seed)
+        return self._subsets[fraction]
 
     @property
     def arch(self) -> dict[str, Any]:
@@ -488,7 +488,7 @@ class Pipeline:
         """Download (once per worker) the checkpoint that a finished "once" stage stored."""
         dest = Path(self._tmp.name) / f"{stage_name}.pt"
         if not dest.exists():
-            st = self.status(next(s for s in STAGES if s.name == stage_name))
+            st = self.status(stage_name)
             if st.best_trial is None:
                 raise PipelineError(f"stage {stage_name!r} has no finished trial yet")
             artifact_id = st.best_trial.user_attrs["checkpoint"]
@@ -509,16 +509,13 @@ class Pipeline:
     def _fresh(self, trees: Mapping[str, OperatorTree] | None = None, learn_scale: bool = False) -> nn.Module:
         model = copy.deepcopy(self.sparse_model)
         set_trees(model, trees or {}, learn_scale=learn_scale)
-        if not trees and learn_scale:
-            for site in sites(model):
-                model.get_submodule(site).learn_scale = True
         return model
 
     def _relu_trees(self) -> dict[str, OperatorTree]:
         return {site: OperatorTree.unary("relu") for site in sites(self.sparse_model)}
 
     def _best_params(self, stage_name: str) -> dict[str, Any] | None:
-        st = self.status(next(s for s in STAGES if s.name == stage_name))
+        st = self.status(stage_name)
         return dict(st.best_trial.params) if st.best_trial else None
 
     def _stage1_trees(self) -> dict[str, OperatorTree]:
@@ -667,7 +664,7 @@ class Pipeline:
             reason = trial.study._storage.get_trial(trial._trial_id).user_attrs.get("pruned_reason", "by the pruner")
             self.log(f"{stage} #{trial.number} pruned: {reason}")
             raise
-        best = self.status(next(s for s in STAGES if s.name == stage)).best_value
+        best = self.status(stage).best_value
         shown = max(result.best_val_accuracy, best) if best is not None else result.best_val_accuracy
         self.log(f"{stage} #{trial.number} done: val {result.best_val_accuracy:.2f}% (best so far {shown:.2f}%)")
         return result.best_val_accuracy
@@ -694,8 +691,7 @@ class Pipeline:
         usually do), so the note ends up with every column."""
         import optuna_dashboard
 
-        final = next(s for s in self.stages if s.name == "final")
-        study = self.study(final)
+        study = self.study(_stage("final"))
         model, _ = load_checkpoint(self._checkpoint_of("final"))
         acts = {site: model.get_submodule(site) for site in sites(model)}
         shown = {site: _describe(a) for site, a in acts.items()}
@@ -722,6 +718,10 @@ def _describe(act: nn.Module) -> str:
     if alpha == 1.0 and beta == 1.0:
         return act.tree.formula
     return f"{beta:.3g} · {act.tree.formula} at x = {alpha:.3g}·x"
+
+
+def _stage(stage: Stage | str) -> Stage:
+    return stage if isinstance(stage, Stage) else next(s for s in STAGES if s.name == stage)
 
 
 def load_splits(cfg: StudyConfig) -> data_mod.Splits:
