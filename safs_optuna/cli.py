@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 EXIT_USAGE = 2
 
@@ -50,10 +54,34 @@ def _override_args(args: argparse.Namespace) -> list[str]:
     out = []
     for item in getattr(args, "set", None) or []:
         out += ["--set", item]
-    for key in ("storage", "device"):
+    for key in ("storage", "device", "seeds"):
         if getattr(args, key, None) is not None:
             out += [f"--{key}", str(getattr(args, key))]
     return out
+
+
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    """``--seeds 0,1,2`` (or ``0-4``) as a list; None without the option."""
+    text = getattr(args, "seeds", None)
+    if text is None:
+        return None
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise UserError(f"--seeds takes integers like 0,1,2 or 0-4, got {text!r}", EXIT_USAGE) from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds needs distinct integers >= 0, got {text!r}", EXIT_USAGE)
+    return seeds
+
+
+def _configs(args: argparse.Namespace) -> list:
+    """The config, or one per ``--seeds`` seed (each in studies ``<name>/seed<N>/<stage>``)."""
+    cfg = _config(args)
+    seeds = _seeds(args)
+    return [cfg] if seeds is None else [cfg.for_seed(s) for s in seeds]
 
 
 def _config(args: argparse.Namespace):
@@ -92,31 +120,50 @@ def _pipeline(cfg, worker: int = 0, must_exist: bool = False):
     return Pipeline(cfg, worker=worker)
 
 
+def _results(pipes: Sequence) -> str:
+    """The results table: one row per seed, their mean ± sd, the paper's row; then warnings."""
+    from .report import markdown_table, mean_row
+
+    if len(pipes) == 1:
+        text = pipes[0].table()
+    else:
+        rows = [p.row() for p in pipes]
+        name = pipes[0].cfg.name.rsplit("/seed", 1)[0]
+        rows.append(mean_row(rows, f"{name}: mean ± sd over {len(pipes)} seeds"))
+        paper = pipes[0].rows()[1:]
+        text = markdown_table(rows + paper)
+    warnings = [w for p in pipes for w in p.warnings()]
+    return text + "".join(f"\n\nWARNING {p}" for p in warnings)
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import default_threads, load_splits, set_threads
+    from .pipeline import default_threads, load_splits, set_threads, work_all
 
-    cfg = _config(args)
+    cfgs = _configs(args)
+    cfg = cfgs[0]
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
     threads = cfg.threads or default_threads(args.workers)
     _check_device(cfg)
     load_splits(cfg)  # a missing dataset stops here, before anything is written to the storage
-    pipe = _pipeline(cfg)
-    pipe.prepare_studies(rearm=True)
-    pipe.settle()
+    pipes = [_pipeline(c) for c in cfgs]
+    for pipe in pipes:
+        pipe.prepare_studies(rearm=True)
+    for pipe in pipes:
+        pipe.settle()
     start = time.time()
     if args.workers == 1:
         set_threads(threads)
-        pipe.work()
+        work_all(pipes)
     else:
-        _spawn_workers(args, threads, pipe)
-    print(f"\n{cfg.name}: finished in {time.time() - start:.0f}s\n")
-    print(pipe.table())
+        _spawn_workers(args, threads, pipes)
+    print(f"\n{_config(args).name}: finished in {time.time() - start:.0f}s\n")
+    print(_results(pipes))
     return 0
 
 
-def _spawn_workers(args: argparse.Namespace, threads: int, pipe) -> None:
+def _spawn_workers(args: argparse.Namespace, threads: int, pipes) -> None:
     base = [sys.executable, "-m", "safs_optuna.cli", "worker", str(args.config), "--threads", str(threads)]
     procs = [subprocess.Popen(base + ["--worker-id", str(i + 1)] + _override_args(args))
              for i in range(args.workers)]
@@ -131,7 +178,8 @@ def _spawn_workers(args: argparse.Namespace, threads: int, pipe) -> None:
                 p.kill()
         raise
     failed = [i + 1 for i, c in enumerate(codes) if c != 0]
-    pending = [stage.name for stage in pipe.stages if not pipe.status(stage).done]
+    pending = [f"{pipe.cfg.name}/{stage.name}" for pipe in pipes for stage in pipe.stages
+               if not pipe.status(stage).done]
     if failed and not pending:
         # A killed worker's trials were retried by the others: nothing is missing.
         print(f"safs-optuna: worker(s) {', '.join(map(str, failed))} stopped early; the other workers "
@@ -142,64 +190,76 @@ def _spawn_workers(args: argparse.Namespace, threads: int, pipe) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .pipeline import default_threads, set_threads
+    from .pipeline import default_threads, set_threads, work_all
 
-    cfg = _config(args)
-    _check_device(cfg)
-    set_threads(args.threads or cfg.threads or default_threads(1))
-    _pipeline(cfg, worker=args.worker_id).work()
+    cfgs = _configs(args)
+    _check_device(cfgs[0])
+    set_threads(args.threads or cfgs[0].threads or default_threads(1))
+    work_all([_pipeline(c, worker=args.worker_id) for c in cfgs])
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    pipe = _pipeline(cfg, must_exist=True)
     from .storage import redact
 
-    print(f"{cfg.name} — {redact(cfg.storage)}")
-    print(f"{'stage':<12} {'state':<9} {'trials':>7} {'running':>7} {'failed':>6} {'best val %':>10}  best")
-    for stage in pipe.stages:
-        st = pipe.status(stage)
-        if not st.exists:
-            state = "not yet"
-        elif st.done:
-            state = "done"
-        elif st.running:
-            state = "running"
-        elif st.finished or st.waiting:
-            state = "queued" if st.stage.kind == "once" else "paused"
-        else:
-            state = "pending"
-        best = ""
-        if st.best_trial is not None:
-            attrs, params = st.best_trial.user_attrs, st.best_trial.params
-            if stage.name == "activations":
-                best = ", ".join(sorted(set(attrs.get("formulas", {}).values())))
-            elif stage.kind == "search":
-                best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-            elif "test_accuracy" in attrs:
-                best = f"test {attrs['test_accuracy']:.2f}%"
-        value = f"{st.best_value:.2f}" if st.best_value is not None else "—"
-        print(f"{stage.name:<12} {state:<9} {st.finished:>3}/{st.budget:<3} {st.running:>7} {st.failed:>6} "
-              f"{value:>10}  {best}")
+    for cfg in _configs(args):
+        pipe = _pipeline(cfg, must_exist=True)
+        print(f"{cfg.name} — {redact(cfg.storage)}")
+        print(f"{'stage':<12} {'state':<9} {'trials':>7} {'running':>7} {'failed':>6} {'epochs':>6} "
+              f"{'best val %':>10}  best")
+        notes = []
+        for stage in pipe.stages:
+            st = pipe.status(stage)
+            if not st.exists:
+                state = "not yet"
+            elif st.done:
+                state = "NOTHING" if st.found_nothing else "done"
+            elif st.running:
+                state = "running"
+            elif st.finished or st.waiting:
+                state = "queued" if st.stage.kind == "once" else "paused"
+            else:
+                state = "pending"
+            best = ""
+            if st.best_trial is not None:
+                attrs, params = st.best_trial.user_attrs, st.best_trial.params
+                if stage.searches == "trees":
+                    best = ", ".join(sorted(set(attrs.get("formulas", {}).values())))
+                elif stage.kind == "search":
+                    best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in params.items())
+                elif "test_accuracy" in attrs:
+                    best = f"test {attrs['test_accuracy']:.2f}%"
+            value = f"{st.best_value:.2f}" if st.best_value is not None else "—"
+            epochs = "" if stage.kind == "once" else (str(st.epochs) if st.epochs is not None else "auto")
+            print(f"{stage.name:<12} {state:<9} {st.finished:>3}/{st.budget:<3} {st.running:>7} {st.failed:>6} "
+                  f"{epochs:>6} {value:>10}  {best}")
+            if st.epochs_reason:
+                notes.append(f"{stage.name} epochs: {st.epochs_reason}")
+            if st.found_nothing:
+                notes.append(f"WARNING {st.found_nothing}")
+        for note in notes:
+            print(note)
+        print()
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    cfgs = _configs(args)
+    pipes = [_pipeline(c, must_exist=True) for c in cfgs]
     cfg = _config(args)
-    pipe = _pipeline(cfg, must_exist=True)
+    seeds = f", {len(pipes)} seeds" if len(pipes) > 1 else ""
     print(f"## {cfg.name}: {cfg.model.name} on {cfg.data.name}, sparsity {cfg.sparsity.ratio:g} "
-          f"({cfg.sparsity.scope}); test accuracy %\n")
-    print(pipe.table())
-    for name in ("final", "stage1"):
-        stage = next((s for s in pipe.stages if s.name == name), None)
-        st = pipe.status(stage) if stage else None
-        if st and st.best_trial:
-            formulas = st.best_trial.user_attrs.get("formulas", {})
-            print(f"\n{name} activations:\n" + "\n".join(f"  {s}: {f}" for s, f in formulas.items()))
-            print(f"{name} protocol: {st.best_trial.user_attrs.get('hparams')}"
-                  f", learn α/β: {st.best_trial.user_attrs.get('learn_scale')}")
-            break
+          f"({cfg.sparsity.scope}){seeds}; test accuracy %\n")
+    print(_results(pipes))
+    for pipe in pipes:
+        trials = pipe.column_trials()
+        best = trials.get("SAFS") or trials.get("stage 1")
+        if best is not None:
+            formulas = best.user_attrs.get("formulas", {})
+            print(f"\n{pipe.cfg.name} activations:\n" + "\n".join(f"  {s}: {f}" for s, f in formulas.items()))
+            print(f"{pipe.cfg.name} protocol: {best.user_attrs.get('hparams')}"
+                  f", learn α/β: {best.user_attrs.get('learn_scale')}")
     return 0
 
 
@@ -223,7 +283,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import export_program, load_checkpoint, program_accuracy
     from .sparsity import finalize, sparsity_report
 
-    cfg = _config(args)
+    cfgs = _configs(args)
+    if len(cfgs) != 1:
+        raise UserError(f"export writes one model: give one seed (--seeds N), got {args.seeds!r}", EXIT_USAGE)
+    cfg = cfgs[0]
     pipe = _pipeline(cfg, must_exist=True)
     stage = next((s for s in pipe.stages if s.name == args.stage and s.kind == "once"), None)
     if stage is None:
@@ -259,6 +322,9 @@ def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
         p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config value, e.g. --set activations.trials=40 (repeatable)")
+        p.add_argument("--seeds", metavar="LIST",
+                       help="run or read the whole pipeline once per seed, e.g. 0,1,2 or 0-4 (studies "
+                            "<name>/seed<N>/<stage> in the same storage; report shows mean ± sd)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,11 +86,19 @@ PRUNERS: tuple[str, ...] = (
     "none",
     "median",
     "hyperband",
+    "incumbent",
     "divergence",
     "divergence+median",
     "divergence+hyperband",
 )
-"""Optuna pruners (early stopping of trials); ``divergence+X`` wraps X in a DivergencePruner."""
+"""Optuna pruners (early stopping of trials). ``incumbent``
+(:class:`~safs_optuna.pruners.IncumbentPruner`) stops a trial whose learning curve is clearly
+behind the one it must beat (for the ``lahc`` sampler); ``divergence`` also stops trials whose
+accuracy stays at chance level for 2 epochs (an absolute rule, unfit for 99 % sparsity, where
+every network starts at chance); ``divergence+X`` wraps X in a DivergencePruner."""
+
+AUTO = "auto"
+"""``epochs = "auto"`` of a search stage: measured by its start trial (see the pipeline)."""
 
 SCOPES: tuple[str, ...] = ("layer", "global")
 """Magnitude sparsity scopes: every layer loses the same share, or one threshold for all."""
@@ -181,15 +189,19 @@ class ActivationsConfig:
     ``binary``) name the operators of a custom space. Each of ``trials`` candidates is
     fine-tuned for ``epochs`` on a ``fraction`` of the training split; ``history`` is the
     LAHC history length (used by the ``lahc`` sampler only).
+
+    ``epochs = "auto"`` lets the start trial (the network's own activations) measure it: it
+    trains until it leaves chance level, and candidates train twice that many epochs, at least
+    2 and at most ``[final] epochs``; the value is recorded on the study and shown by ``status``.
     """
 
     preset: str = "safs"
     unary: tuple[str, ...] | None = None
     binary: tuple[str, ...] | None = None
     sampler: str = "lahc"
-    pruner: str = "divergence"
+    pruner: str = "incumbent"
     trials: int = 20
-    epochs: int = 2
+    epochs: int | str = "auto"
     fraction: float = 1.0
     history: int = 3
 
@@ -198,8 +210,9 @@ class ActivationsConfig:
 class HPOSpace:
     """``[hpo.space]``: what stage 2 tunes: choices, and ``[low, high]`` ranges.
 
-    ``lr`` and ``weight_decay`` are searched on a log scale, ``momentum`` (SGD and RMSprop)
-    linearly; ``learn_scale`` chooses whether the activations' α and β are learned.
+    ``lr`` and ``weight_decay`` are searched on a log scale, ``momentum`` (SGD only) linearly;
+    ``learn_scale`` chooses whether the activations' α and β are learned (always, as in the
+    paper, by default; ``[true, false]`` searches it).
     """
 
     optimizers: tuple[str, ...] = ("sgd", "adam", "adamw", "rmsprop")
@@ -207,7 +220,7 @@ class HPOSpace:
     momentum: tuple[float, float] = (0.5, 0.99)
     weight_decay: tuple[float, float] = (1e-6, 1e-2)
     schedules: tuple[str, ...] = ("constant", "cosine", "step", "plateau")
-    learn_scale: tuple[bool, ...] = (True, False)
+    learn_scale: tuple[bool, ...] = (True,)
 
 
 @dataclass(frozen=True)
@@ -271,6 +284,12 @@ class StudyConfig:
     def study_name(self, stage: str) -> str:
         """The Optuna study of ``stage`` in the storage, e.g. ``"quickstart/activations"``."""
         return f"{self.name}/{stage}"
+
+    def for_seed(self, seed: int) -> "StudyConfig":
+        """The same pipeline with another seed, in studies of its own (``<name>/seed<N>/<stage>``)."""
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < _SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, {_SEED_LIMIT}), got {seed!r}")
+        return dataclasses.replace(self, seed=seed, name=f"{self.name}/seed{seed}")
 
 
 # The file's tables, in the order they are validated (and the first problem reported).
@@ -583,11 +602,15 @@ def _parse_section(cls: type, table: Any, prefix: str, ctx: _Context) -> Any:
 def _convert(tp: Any, value: Any, key: str, ctx: _Context) -> Any:
     """``value`` as type ``tp`` (ints pass as floats; arrays become tuples), else fail."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # "X | None": None means not set
-        if value is None:
+    if origin in (typing.Union, types.UnionType):  # "X | None": None means not set; "int | str"
+        if value is None and type(None) in args:
             return None
-        (tp,) = [a for a in args if a is not type(None)]
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        options = [a for a in args if a is not type(None)]
+        converted = next((c for c in (_as(t, value) for t in options) if c is not _BAD), _BAD)
+        if converted is _BAD:
+            ctx.fail(key, f"expected {' or '.join(_describe(t) for t in options)}, got {_show(value)} "
+                          f"({_type_name(value)})")
+        return converted
     converted = _as(tp, value)
     if converted is _BAD:
         ctx.fail(key, f"expected {_describe(tp)}, got {_show(value)} ({_type_name(value)})")
@@ -764,7 +787,12 @@ def _check_stage(c: ActivationsConfig | HPOConfig, s: _Section) -> None:
     s.choice("sampler", c.sampler, SAMPLERS, "sampler")
     s.choice("pruner", c.pruner, PRUNERS, "pruner")
     s.at_least("trials", c.trials, 1)
-    s.at_least("epochs", c.epochs, 1)
+    if isinstance(c.epochs, str):
+        if c.epochs != AUTO or not isinstance(c, ActivationsConfig):
+            valid = 'an integer >= 1 or "auto"' if isinstance(c, ActivationsConfig) else "an integer >= 1"
+            s.fail("epochs", f"expected {valid}, got {_show(c.epochs)}")
+    else:
+        s.at_least("epochs", c.epochs, 1)
     s.interval("fraction", c.fraction, 0.0, 1.0, "(]")
 
 

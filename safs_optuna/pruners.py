@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from .ranking import VAL_SIZE_ATTR, behind_margin
+
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-__all__ = ["DivergencePruner"]
+__all__ = ["DivergencePruner", "IncumbentPruner"]
 
 # User attrs shared with safs_optuna.training.fit, which sets the first two on every trial.
 TRAIN_LOSS_ATTR = "train_loss"
 CHANCE_ATTR = "chance_accuracy"
 REASON_ATTR = "pruned_reason"
+_DEFAULT_VAL_SIZE = 1000
 
 
 class DivergencePruner(BasePruner):
@@ -182,6 +186,100 @@ class DivergencePruner(BasePruner):
         value = trial.intermediate_values.get(step) if step is not None else None
         detail = f" at step {step} (intermediate value {value:g})" if value is not None else ""
         return f"pruned by {type(self._inner).__name__}{detail}"
+
+
+class IncumbentPruner(BasePruner):
+    """Pruner that stops a trial whose learning curve is clearly behind the one it must beat.
+
+    Made for searches that accept or reject each candidate against one earlier trial, such as
+    :class:`~safs_optuna.samplers.LAHCSampler`: a candidate that is clearly behind the trial it
+    would have to reach is rejected whether it is stopped now or later, so stopping it only saves
+    epochs. It never uses an absolute threshold: at 99 % sparsity every network may sit at chance
+    level for a while, and a candidate at chance is never stopped while the trial it is compared
+    with is at chance too.
+
+    After each reported epoch ``e`` the trial's best validation accuracy so far is compared with
+    the reference trial's best over its epochs up to ``e`` (its last epoch if it has fewer). The
+    trial is pruned when it trails by more than :func:`safs_optuna.ranking.behind_margin`
+    (``BEHIND_Z`` standard errors of the difference of two accuracies measured on the validation
+    split, whose size the trial records as the user attr ``"val_size"``; without it, 1 000
+    images are assumed). The reason is stored as the user attr ``"pruned_reason"``.
+
+    The reference is ``reference(study, trial)`` when given, else the study's sampler's
+    ``threshold_trial(study, trial)`` when it has one (LAHC), else the study's best trial. With
+    no reference (the first trial of a study) nothing is pruned.
+
+    Example:
+
+        .. code-block:: python
+
+            import optuna
+            from safs_optuna.pruners import IncumbentPruner
+            from safs_optuna.samplers import LAHCSampler
+
+
+            def objective(trial):
+                slope = trial.suggest_categorical("x.left", ["relu", "tanh", "gelu"])
+                rate = {"relu": 1.0, "tanh": 8.0, "gelu": 4.0}[slope]
+                accuracy = 10.0
+                for epoch in range(6):
+                    accuracy = min(90.0, 10.0 + rate * epoch)
+                    trial.report(accuracy, epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+                return accuracy
+
+
+            study = optuna.create_study(
+                direction="maximize", sampler=LAHCSampler(seed=0), pruner=IncumbentPruner()
+            )
+            study.optimize(objective, n_trials=3)
+
+    Args:
+        reference:
+            Returns the finished trial to compare ``trial`` with, or :obj:`None`.
+    """
+
+    def __init__(
+        self, reference: Callable[[Study, FrozenTrial], FrozenTrial | None] | None = None
+    ) -> None:
+        if reference is not None and not callable(reference):
+            raise TypeError(f"reference must be callable or None, got {type(reference).__name__}")
+        self._reference = reference
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        ref = self._reference_of(study, trial)
+        if ref is None or ref.number == trial.number or not ref.intermediate_values:
+            return False
+        mine = max(v for s, v in trial.intermediate_values.items() if s <= step)
+        steps = [s for s in ref.intermediate_values if s <= step] or list(ref.intermediate_values)
+        theirs = max(ref.intermediate_values[s] for s in steps)
+        n = int(trial.user_attrs.get(VAL_SIZE_ATTR) or _DEFAULT_VAL_SIZE)
+        margin = behind_margin(mine, theirs, n)
+        if theirs - mine <= margin:
+            return False
+        reason = (
+            f"validation accuracy {_percent(mine)} by epoch {step + 1} is {theirs - mine:.1f} points "
+            f"behind trial {ref.number} ({_percent(theirs)}), more than the {margin:.1f}-point noise "
+            f"margin: it could not be accepted"
+        )
+        if trial.state == TrialState.RUNNING:
+            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+        return True
+
+    def _reference_of(self, study: Study, trial: FrozenTrial) -> FrozenTrial | None:
+        if self._reference is not None:
+            return self._reference(study, trial)
+        threshold = getattr(study.sampler, "threshold_trial", None)
+        if threshold is not None:
+            return threshold(study, trial)
+        try:
+            return study.best_trial
+        except ValueError:  # no trial completed yet
+            return None
 
 
 def _is_finite(value: Any) -> bool:

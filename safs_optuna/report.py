@@ -25,10 +25,31 @@ CLOSEST = {("lenet5", "quickstart"): ("lenet5", "mnist"), ("lenet5", "fashion_mn
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One line of the table: a label and the test accuracy (%) of each column (None: not yet)."""
+    """One line of the table: a label and the test accuracy (%) of each column (None: not yet).
+
+    ``spread`` holds a standard deviation per column for a row that is a mean over seeds."""
 
     label: str
     values: tuple[float | None, ...]
+    spread: tuple[float | None, ...] | None = None
+
+
+def mean_row(rows: Sequence[ResultRow], label: str) -> ResultRow:
+    """The mean ± sample standard deviation of each column over ``rows`` (e.g. one per seed);
+    a column is left empty unless every row has it."""
+    means: list[float | None] = []
+    sds: list[float | None] = []
+    for i in range(len(COLUMNS)):
+        values = [r.values[i] for r in rows]
+        if not values or any(v is None for v in values):
+            means.append(None)
+            sds.append(None)
+            continue
+        m = sum(values) / len(values)
+        sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        means.append(m)
+        sds.append(sd)
+    return ResultRow(label, tuple(means), tuple(sds))
 
 
 def paper_row(model: str, dataset: str) -> ResultRow | None:
@@ -40,12 +61,13 @@ def paper_row(model: str, dataset: str) -> ResultRow | None:
     return ResultRow(f"paper: {key[0]} on {key[1]}", PAPER[key])
 
 
-def _cell(value: float | None, base: float | None, gain: bool) -> str:
+def _cell(value: float | None, base: float | None, gain: bool, sd: float | None = None) -> str:
     if value is None:
         return "—"
+    text = f"{value:.2f}" if sd is None else f"{value:.2f} ± {sd:.2f}"
     if gain and base is not None:
-        return f"{value:.2f} ({value - base:+.2f})"
-    return f"{value:.2f}"
+        return f"{text} ({value - base:+.2f})"
+    return text
 
 
 def markdown_table(rows: Sequence[ResultRow]) -> str:
@@ -53,7 +75,8 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
     lines = ["| | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in rows:
         base = row.values[1]
-        cells = [_cell(v, base, i == len(COLUMNS) - 1) for i, v in enumerate(row.values)]
+        sds = row.spread or (None,) * len(row.values)
+        cells = [_cell(v, base, i == len(COLUMNS) - 1, sd) for i, (v, sd) in enumerate(zip(row.values, sds))]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,3 +128,30 @@ def activation_svg(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]
                    f'y in [{y_lo:.2g}, {y_hi:.2g}]</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def describe_activation(act: nn.Module) -> str:
+    """``srs(x)``, or with learned scales ``0.93 · srs(x) at x = 1.2·x``."""
+    alpha, beta = act.alpha.item(), act.beta.item()
+    if alpha == 1.0 and beta == 1.0:
+        return act.tree.formula
+    return f"{beta:.3g} · {act.tree.formula} at x = {alpha:.3g}·x"
+
+
+def dashboard_note(cfg: object, table: str, warnings: Sequence[str], activations: Mapping[str, nn.Module],
+                   plot_id: str | None, study_id: int) -> tuple[str, str | None]:
+    """The SAFS study's optuna-dashboard note (markdown) and, when ``plot_id`` is None, the SVG
+    plot of the activations to upload first (then call again with its artifact id)."""
+    shown = {site: describe_activation(a) for site, a in activations.items()}
+    if plot_id is None:
+        svg = activation_svg(activation_curves(activations), {s: f"{s}: {d}" for s, d in shown.items()})
+        return "", svg
+    sp = cfg.sparsity  # type: ignore[attr-defined]
+    lines = [f"# SAFS result: {cfg.name}", "",  # type: ignore[attr-defined]
+             f"{cfg.model.name} on {cfg.data.name}, sparsity {sp.ratio:g} ({sp.scope}); "  # type: ignore[attr-defined]
+             "test accuracy %.", "", table, ""]
+    lines += [f"**Warning:** {w}" for w in warnings]
+    lines += ["", "## Learned activations", "", "| site | activation |", "|---|---|"]
+    lines += [f"| `{site}` | `{d}` |" for site, d in shown.items()]
+    lines += ["", f"![learned activations](/artifacts/{study_id}/{plot_id})", ""]
+    return "\n".join(lines), None

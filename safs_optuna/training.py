@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -306,6 +306,14 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip, out.flip(3), out).contiguous()
 
 
+def majority_accuracy(data: TensorDataset) -> float:
+    """Accuracy (%) of always predicting the most common label of ``data``: the chance level."""
+    labels = data.tensors[1]
+    if len(labels) == 0:
+        return 0.0
+    return 100.0 * float(torch.bincount(labels.long()).max()) / len(labels)
+
+
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -316,10 +324,13 @@ def _load_snapshot(model: nn.Module, state: dict[str, Tensor]) -> None:
     # weight_mask before each forward; recompute it now so it matches the loaded weights.
     from torch.nn.utils.prune import BasePruningMethod
 
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, BasePruningMethod):
-                hook(module, ())
+    # Without autograd: a weight with a grad_fn would make the model impossible to deep-copy,
+    # and the next forward recomputes it with autograd anyway.
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in list(module._forward_pre_hooks.values()):
+                if isinstance(hook, BasePruningMethod):
+                    hook(module, ())
 
 
 def _progress_bar(progress: bool | None, total: int, desc: str) -> Any:
@@ -349,6 +360,7 @@ def fit(
     seed: int = 0,
     progress: bool | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    until: Callable[[Sequence[EpochStats]], bool] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``splits.train``, score each epoch on ``splits.val``, keep the best.
 
@@ -360,8 +372,10 @@ def fit(
             ``TensorDataset`` fields ``(images, labels)`` and ``num_classes``.
         hparams: The protocol (optimizer, LR, schedule, batch size, augmentation).
         epochs: Number of epochs, >= 1.
-        trial: An Optuna trial. At the start its user attr ``chance_accuracy`` is set to
-            ``100 / num_classes``; after each epoch ``train_loss`` is set (before the report,
+        trial: An Optuna trial. At the start its user attrs ``chance_accuracy`` (the accuracy,
+            in percent, of always predicting the most common validation class) and ``val_size``
+            are set; after each epoch ``val_loss`` (the list of validation losses so far) and
+            ``train_loss`` are set (before the report,
             so that :class:`~safs_optuna.pruners.DivergencePruner` sees it), the validation
             accuracy is reported with the epoch as step, and ``optuna.TrialPruned`` is raised
             when ``trial.should_prune()`` says so.
@@ -371,6 +385,8 @@ def fit(
             the same numbers twice on CPU.
         progress: Show a tqdm bar on stderr; ``None`` shows it only on an interactive terminal.
         on_epoch: Called with each epoch's :class:`EpochStats` (e.g. for progress lines).
+        until: Called after each epoch with the epochs so far; training stops early when it
+            returns True (``epochs`` is then a ceiling).
 
     Returns:
         The best validation accuracy (percent), its epoch (from 0) and the per-epoch history.
@@ -399,7 +415,7 @@ def fit(
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        return _fit(model, splits, hparams, int(epochs), trial, device, seed, progress, on_epoch)
+        return _fit(model, splits, hparams, int(epochs), trial, device, seed, progress, on_epoch, until)
 
 
 def _fit(
@@ -412,6 +428,7 @@ def _fit(
     seed: int,
     progress: bool | None,
     on_epoch: Callable[[EpochStats], None] | None,
+    until: Callable[[Sequence[EpochStats]], bool] | None = None,
 ) -> FitResult:
     x_train, y_train = splits.train.tensors[0], splits.train.tensors[1]
     n = len(x_train)
@@ -446,7 +463,10 @@ def _fit(
     check_every = _LOSS_CHECK_EVERY_CPU if device.type == "cpu" else _LOSS_CHECK_EVERY_ACCELERATOR
 
     if trial is not None:
-        trial.set_user_attr("chance_accuracy", 100.0 / splits.num_classes)
+        # What the comparison of trials needs (safs_optuna.ranking): the accuracy of always
+        # predicting the most common validation class, and how many images measure accuracy.
+        trial.set_user_attr("chance_accuracy", majority_accuracy(splits.val))
+        trial.set_user_attr("val_size", len(splits.val))
 
     history: list[EpochStats] = []
     best_state: dict[str, Tensor] | None = None
@@ -495,6 +515,8 @@ def _fit(
                 seconds=time.perf_counter() - start,
             )
             history.append(stats)
+            if trial is not None:
+                trial.set_user_attr("val_loss", [round(h.val_loss, 6) for h in history])
             if val.accuracy > best_acc:
                 best_acc, best_epoch = val.accuracy, epoch
                 best_state = _snapshot(model)
@@ -504,6 +526,8 @@ def _fit(
                 on_epoch(stats)
             if trial is not None:
                 _report(trial, stats)
+            if until is not None and until(history):
+                break
     finally:
         if bar is not None:
             bar.close()

@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from safs_optuna.samplers import LAHCSampler
-from safs_optuna.samplers.lahc import _replay
+from safs_optuna.samplers.lahc import _replay, _value_score
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -226,11 +226,12 @@ def test_acceptance_rule_hand_made_sequence(direction: str, sign: float) -> None
     # fail: ignored   2.1: < history[0]=2.2 and < current 2.2: rejected
     expected_current = [0, 1, 2, 2, 4, 4, 6, 6, 6]
     for i, want in enumerate(expected_current):
-        state = _replay(trials[: i + 1], 3, direction == "maximize")
+        state = _replay(trials[: i + 1], 3, _value_score(direction == "maximize"))
         assert state.current is not None and state.current.number == want, i
-    state = _replay(trials, 3, direction == "maximize")
+    state = _replay(trials, 3, _value_score(direction == "maximize"))
     assert state.position == 8  # FAIL is not an iteration
-    assert state.history == [sign * 2.2, sign * 2.5, sign * 2.2]
+    # the history holds scores (the value, negated when minimizing) and their trials
+    assert [score for score, _ in state.history] == [2.2, 2.5, 2.2]
     # and the next proposal is a neighbour of that current solution (trial 6)
     proposal = suggest(study.ask(), SITES[:2])
     assert len(changed(trials[6].params, proposal)) == 1
@@ -240,7 +241,7 @@ def test_history_length_one_is_a_hill_climber() -> None:
     study = make_study(optuna.storages.InMemoryStorage(), history_length=1)
     run(study, 30)
     values = [v for _, v in chain(study)]
-    state = _replay(study.trials, 1, True)
+    state = _replay(study.trials, 1, _value_score(True))
     assert state.current is not None and state.value == max(values)
 
 
@@ -352,7 +353,7 @@ def test_pruned_trials_are_rejected_and_the_chain_goes_on() -> None:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, score(params))
-    state = _replay(study.trials, 3, True)
+    state = _replay(study.trials, 3, _value_score(True))
     assert any(t.state == TrialState.PRUNED for t in study.trials)
     assert state.current is not None and state.current.state == TrialState.COMPLETE
     assert state.position == 20

@@ -80,9 +80,9 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
 
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("done") == 8
+    assert out.count(" done ") + out.count(" NOTHING ") == 8  # a search may have found nothing, and say so
     assert main(["report", str(path)]) == 0
-    assert "final activations" in capsys.readouterr().out
+    assert "tiny activations" in capsys.readouterr().out
 
     model_file = tmp_path / "out" / "model.pt2"
     assert main(["export", str(path), str(model_file)]) == 0
@@ -215,3 +215,63 @@ def test_killed_worker_is_replaced_by_the_other(tmp_path):
         assert sum(t.state.name == "COMPLETE" for t in _trials(cfg, stage)) == 1, stage
     finished = [t for t in _trials(cfg, "activations") if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) >= 6
+
+
+def _auto(path: Path) -> Path:
+    """The tiny config with "auto" candidate epochs (ceiling: 3-epoch fine-tunes)."""
+    text = path.read_text()
+    head, sep, rest = text.partition("[activations]\n")
+    rest = rest.replace("epochs = 1\n", 'epochs = "auto"\n', 1)
+    path.write_text((head + sep + rest).replace("[final]\nepochs = 1", "[final]\nepochs = 3"))
+    return path
+
+
+def test_auto_epochs_are_recorded_and_a_killed_run_resumes_identically(tmp_path):
+    ref_path = _auto(write_config(tmp_path, trials=4, name="ref"))
+    assert _cli("run", str(ref_path)).returncode == 0
+    ref = load_config(ref_path)
+    study = optuna.load_study(study_name="ref/activations", storage=ref.storage)
+    epochs = study.user_attrs["epochs"]
+    assert 1 <= epochs <= 3 and study.user_attrs["epochs_reason"].startswith("auto:")
+    start = _trials(ref, "activations")[0]
+    assert start.user_attrs.get("start") and len(start.intermediate_values) == epochs
+    assert all(len(t.intermediate_values) <= epochs for t in _trials(ref, "activations"))
+
+    path = _auto(write_config(tmp_path, trials=4))
+    cfg = load_config(path)
+
+    def mid_stage1() -> bool:
+        try:
+            states = [t.state.name for t in _trials(cfg, "activations")]
+        except KeyError:
+            return False
+        return states.count("COMPLETE") + states.count("PRUNED") >= 2 and "RUNNING" in states
+
+    _interrupt_when(["run", str(path)], mid_stage1, signal.SIGKILL)
+    assert _cli("run", str(path)).returncode == 0
+    resumed = optuna.load_study(study_name="tiny/activations", storage=cfg.storage)
+    assert resumed.user_attrs["epochs"] == epochs
+    assert _chain(cfg) == _chain(ref) and _results(cfg) == _results(ref)
+    proc = _cli("status", str(path))
+    assert f"activations epochs: {study.user_attrs['epochs_reason']}" in proc.stdout
+
+
+def test_two_seeds_report_mean_and_sd(tmp_path):
+    path = write_config(tmp_path)
+    proc = _cli("run", str(path), "--seeds", "0,1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiny/seed0 (measured)" in proc.stdout and "tiny/seed1 (measured)" in proc.stdout
+    assert "tiny: mean ± sd over 2 seeds" in proc.stdout
+    cfg = load_config(path)
+    seeds = {}
+    for seed in (0, 1):
+        trials = optuna.load_study(study_name=f"tiny/seed{seed}/final", storage=cfg.storage).trials
+        seeds[seed] = trials[0].user_attrs["test_accuracy"]
+    report = _cli("report", str(path), "--seeds", "0,1")
+    assert report.returncode == 0, report.stderr
+    row = next(line for line in report.stdout.splitlines() if "mean ± sd" in line)
+    mean = (seeds[0] + seeds[1]) / 2
+    sd = abs(seeds[0] - seeds[1]) / 2 ** 0.5
+    assert f"{mean:.2f} ± {sd:.2f}" in row.split("|")[5]  # the SAFS column
+    status = _cli("status", str(path), "--seeds", "1")
+    assert "tiny/seed1" in status.stdout and "tiny/seed0" not in status.stdout

@@ -17,7 +17,7 @@ BASE = HParams(optimizer="adam", lr=1e-3, momentum=0.8, weight_decay=0.0, schedu
 
 
 # ----------------------------------------------------------------- stage-2 params
-def _ask(params: dict, space: HPOSpace = HPOSpace(), learn_scale: bool | None = None):
+def _ask(params: dict, space: HPOSpace = HPOSpace(learn_scale=(True, False)), learn_scale: bool | None = None):
     study = optuna.create_study()
     study.enqueue_trial(params)
     trial = study.ask()
@@ -106,8 +106,8 @@ def test_status_before_and_after_prepare(cfg):
         st = pipe.status(stage)
         assert st.exists and not st.done, stage.name
         assert st.budget == budgets.get(stage.name, 1)
-        queued = 0 if stage.name == "activations" else 1  # stage 2 starts from the default protocol
-        assert (st.waiting, st.running, st.failed, st.finished) == (queued, 0, 0, 0), stage.name
+        # Every stage has its first trial queued: a once stage's only one, a search stage's start point.
+        assert (st.waiting, st.running, st.failed, st.finished) == (1, 0, 0, 0), stage.name
     assert not pipe.is_done("dense")
     names = {s.study_name for s in optuna.get_all_study_summaries(cfg.storage)}
     assert names == {f"tiny/{s.name}" for s in STAGES}
@@ -121,8 +121,7 @@ def test_once_stages_are_queued_exactly_once(cfg):
     second.prepare_studies()
     for name in _once(first):
         assert _states(cfg, name) == [TrialState.WAITING], name
-    assert _states(cfg, "activations") == []
-    for name in ("hpo", "hpo-relu"):  # the default protocol, queued once too
+    for name in ("activations", "hpo", "hpo-relu"):  # the start points, queued once too
         assert _states(cfg, name) == [TrialState.WAITING], name
 
 
@@ -130,7 +129,7 @@ def test_stage2_starts_from_the_default_protocol_inside_the_space(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
     pipe.prepare_studies()
     lo_wd = cfg.hpo.space.weight_decay[0]
-    for name, extra in (("hpo", {"learn_scale": False}), ("hpo-relu", {})):
+    for name, extra in (("hpo", {"learn_scale": True}), ("hpo-relu", {})):
         study = optuna.load_study(study_name=f"tiny/{name}", storage=cfg.storage)
         (trial,) = study.get_trials(deepcopy=False)
         fixed = trial.system_attrs["fixed_params"]

@@ -54,7 +54,7 @@ class LAHCSampler(BaseSampler):
     COMPLETE and PRUNED trials in trial-number order to get the current solution and the history;
     nothing is kept in the process. Several workers in parallel (each its own process and
     sampler) and a resumed study therefore continue one and the same chain. PRUNED trials are
-    iterations with the worst value (always rejected); FAIL trials are ignored (a retry of one is a
+    iterations that are always rejected; FAIL trials are ignored (a retry of one is a
     new trial). The randomness of a proposal is a function of ``seed``, the chain position (the
     number of finished trials replayed) and the number of RUNNING or WAITING trials numbered below
     the trial being sampled, so a study run in one go and one interrupted and continued by a new
@@ -123,6 +123,11 @@ class LAHCSampler(BaseSampler):
             Values for the first trial's parameters, by name; see above for the others.
         swap_probability:
             Probability that a move swaps two sites' parameters instead of changing one.
+        score:
+            Maps a COMPLETE trial to a comparable score, larger is better, used by the acceptance
+            test instead of the objective value (e.g. :func:`safs_optuna.ranking.trial_score`,
+            which breaks accuracy ties at chance level by validation loss). Default: the value,
+            negated when the study minimizes.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class LAHCSampler(BaseSampler):
         canonical_key: Callable[[dict[str, Any]], Hashable] | None = None,
         initial_params: Mapping[str, Any] | None = None,
         swap_probability: float = 0.2,
+        score: Callable[[FrozenTrial], Any] | None = None,
     ) -> None:
         if not isinstance(history_length, int) or isinstance(history_length, bool) or history_length < 1:
             raise ValueError(f"history_length must be an int >= 1, got {history_length!r}")
@@ -142,7 +148,24 @@ class LAHCSampler(BaseSampler):
         self._canonical_key = canonical_key
         self._initial_params = dict(initial_params or {})
         self._swap_probability = float(swap_probability)
+        self._score = score
         self._intersection = _IncrementalIntersection()
+
+    def _chain(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> _Chain:
+        score = self._score or _value_score(study.direction == StudyDirection.MAXIMIZE)
+        return _replay(trials, self._history_length, score)
+
+    def threshold_trial(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+        """The finished trial that ``trial`` must score at least as well as to be accepted.
+
+        The chain is replayed over the finished trials numbered below ``trial``; the result is
+        the worse of the history entry ``trial`` is compared with and the current solution, or
+        :obj:`None` while no trial has finished (the first trial is never compared). A pruner can
+        stop a candidate whose learning curve is clearly behind this trial's (see
+        :class:`safs_optuna.pruners.IncumbentPruner`): rejected either way, it loses nothing.
+        """
+        trials = [t for t in _all_trials(study) if t.number < trial.number]
+        return self._chain(study, trials).threshold()
 
     def reseed_rng(self) -> None:
         # Distinct proposals across workers do not depend on this (the trial's position does);
@@ -173,7 +196,7 @@ class LAHCSampler(BaseSampler):
             return {}
         self._raise_error_if_multi_objective(study)
         trials = _all_trials(study)
-        chain = _replay(trials, self._history_length, study.direction == StudyDirection.MAXIMIZE)
+        chain = self._chain(study, trials)
         base = chain.current if chain.current is not None else _anchor(trials, trial)
         if base is None:
             return {}
@@ -194,7 +217,7 @@ class LAHCSampler(BaseSampler):
     ) -> Any:
         self._raise_error_if_multi_objective(study)
         trials = _all_trials(study)
-        chain = _replay(trials, self._history_length, study.direction == StudyDirection.MAXIMIZE)
+        chain = self._chain(study, trials)
         base = chain.current if chain.current is not None else _anchor(trials, trial)
         if base is not None and param_name in base.params:
             value = base.params[param_name]
@@ -282,33 +305,45 @@ class _Chain:
     """LAHC state after replaying the finished trials in trial-number order."""
 
     current: FrozenTrial | None = None  # None until a trial finished
-    value: float = math.nan
-    history: list[float] = field(default_factory=list)
+    value: Any = None  # the current solution's score
+    history: list[tuple[Any, FrozenTrial]] = field(default_factory=list)  # (score, trial) per slot
     position: int = 0  # finished trials replayed; the candidate after them is iteration position-1
 
+    def threshold(self) -> FrozenTrial | None:
+        """The trial a candidate at the next position must reach to be accepted: the worse of
+        the history entry it is compared with and the current solution (either suffices)."""
+        if self.current is None:
+            return None
+        score, trial = self.history[(self.position - 1) % len(self.history)]
+        return trial if score < self.value else self.current
 
-def _replay(trials: Sequence[FrozenTrial], history_length: int, maximize: bool) -> _Chain:
+
+def _replay(trials: Sequence[FrozenTrial], history_length: int, score: Callable[[FrozenTrial], Any]) -> _Chain:
     """Burke & Bykov's LAHC loop over stored trials: the first finished trial is the initial
-    solution; each later one is a candidate; PRUNED candidates are rejected with the worst value."""
-    worst = -math.inf if maximize else math.inf
-
-    def at_least(a: float, b: float) -> bool:
-        return a >= b if maximize else a <= b
-
+    solution; each later one is a candidate; PRUNED candidates are always rejected."""
     chain = _Chain()
     for t in sorted((t for t in trials if t.state in _FINISHED), key=lambda t: t.number):
-        value = t.value if t.state == TrialState.COMPLETE else worst
         if chain.current is None:
-            chain.current, chain.value, chain.history = t, value, [value] * history_length
+            value = score(t)
+            chain.current, chain.value, chain.history = t, value, [(value, t)] * history_length
         else:
             slot = (chain.position - 1) % history_length
-            if t.state == TrialState.COMPLETE and (
-                at_least(value, chain.history[slot]) or at_least(value, chain.value)
-            ):
-                chain.current, chain.value = t, value
-            chain.history[slot] = chain.value
+            if t.state == TrialState.COMPLETE:
+                value = score(t)
+                if value >= chain.history[slot][0] or value >= chain.value:
+                    chain.current, chain.value = t, value
+            chain.history[slot] = (chain.value, chain.current)
         chain.position += 1
     return chain
+
+
+def _value_score(maximize: bool) -> Callable[[FrozenTrial], float]:
+    """The default score: the objective value, negated when the study minimizes."""
+    def score(t: FrozenTrial) -> float:
+        if t.state != TrialState.COMPLETE or t.value is None:
+            return -math.inf
+        return t.value if maximize else -t.value
+    return score
 
 
 def _all_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -1,0 +1,126 @@
+"""What a worker loads once and reuses for every trial: data splits, search subsets, checkpoints,
+the sparse model every fine-tune starts from."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+from torch import nn
+
+from .. import data as data_mod
+from ..activation import OperatorTree
+from ..checkpoint import load_checkpoint
+from ..config import StudyConfig
+from ..models import build_model, make_searchable, sites
+from ..space import ActivationSpace
+from ..sparsity import magnitude_prune
+from ..storage import make_artifact_store
+
+__all__ = ["Resources", "load_splits", "default_threads", "set_threads"]
+
+
+def load_splits(cfg: StudyConfig) -> data_mod.Splits:
+    """The config's dataset, split into train / val / test with the study's seed."""
+    d = cfg.data
+    return data_mod.load(d.name, root=d.root, val_size=d.val_size, seed=cfg.seed, download=d.download)
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per worker when the config says 0: the cores split evenly."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, threads))
+
+
+class Resources:
+    """One worker's cache of the study's data and models.
+
+    Args:
+        cfg: The study config.
+        best_trial: Returns the finished trial of a "once" stage (to fetch its checkpoint).
+    """
+
+    def __init__(self, cfg: StudyConfig, best_trial: Callable[[str], FrozenTrial | None]) -> None:
+        self.cfg = cfg
+        self.artifacts = make_artifact_store(cfg.artifacts)
+        self._best_trial = best_trial
+        self._splits: data_mod.Splits | None = None
+        self._subsets: dict[float, data_mod.Splits] = {}
+        self._sparse: nn.Module | None = None
+        self._space: ActivationSpace | None = None
+        self.tmp = tempfile.TemporaryDirectory(prefix="safs-optuna-")
+
+    @property
+    def splits(self) -> data_mod.Splits:
+        if self._splits is None:
+            self._splits = load_splits(self.cfg)
+        return self._splits
+
+    def search_splits(self, fraction: float) -> data_mod.Splits:
+        if fraction >= 1.0:
+            return self.splits
+        if fraction not in self._subsets:  # the same subset for every trial: made once per worker
+            self._subsets[fraction] = self.splits.search_subset(fraction, seed=self.cfg.seed)
+        return self._subsets[fraction]
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        s = self.splits
+        return {"name": self.cfg.model.name, "num_classes": s.num_classes,
+                "in_channels": s.in_channels, "image_size": s.image_size}
+
+    @property
+    def space(self) -> ActivationSpace:
+        if self._space is None:
+            a = self.cfg.activations
+            base = ActivationSpace.preset(a.preset)
+            if a.unary or a.binary:
+                base = ActivationSpace(a.unary or base.unary, a.binary or base.binary, name="custom")
+            self._space = base
+        return self._space
+
+    def own_trees(self) -> dict[str, OperatorTree]:
+        """The network's own activation at every site (ReLU for most, Swish for EfficientNet-B0):
+        the baseline's, the ablations' and the activation search's start point."""
+        model = make_searchable(build_model(**self.arch))
+        return {site: model.get_submodule(site).tree for site in sites(model)}
+
+    def checkpoint_of(self, stage_name: str) -> Path:
+        """Download (once per worker) the checkpoint that a finished "once" stage stored."""
+        dest = Path(self.tmp.name) / f"{stage_name}.pt"
+        if not dest.exists():
+            best = self._best_trial(stage_name)
+            if best is None:
+                from .studies import PipelineError
+
+                raise PipelineError(f"stage {stage_name!r} has no finished trial yet")
+            artifact_id = best.user_attrs["checkpoint"]
+            optuna.artifacts.download_artifact(artifact_store=self.artifacts, artifact_id=artifact_id,
+                                               file_path=str(dest))
+        return dest
+
+    @property
+    def sparse_model(self) -> nn.Module:
+        """The dense weights with the config's sparsity: the start of every fine-tune (copied)."""
+        if self._sparse is None:
+            model, _ = load_checkpoint(self.checkpoint_of("dense"))
+            sp = self.cfg.sparsity
+            magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip)
+            self._sparse = model
+        return self._sparse
+
+    def fresh(self, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> nn.Module:
+        """A copy of the sparse model with ``trees`` at their sites."""
+        model = copy.deepcopy(self.sparse_model)
+        self.space.apply(model, trees, learn_scale=learn_scale)
+        return model

@@ -1,0 +1,542 @@
+"""The worker loop and the stage bodies: one worker's view of a SAFS study.
+
+Nothing is kept only in a worker's memory (checkpoints go to the artifact store, linked from
+their trials; a search stage's fidelity is recorded on its study), so a killed run resumes from
+the storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from ..activation import OperatorTree
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import StudyConfig
+from ..models import build_model, make_searchable, sites
+from ..pruners import DivergencePruner, IncumbentPruner
+from ..ranking import chance_band, trial_score
+from ..report import ResultRow, dashboard_note, markdown_table, paper_row
+from ..samplers import LAHCSampler
+from ..samplers.seeded import PositionSeededSampler, position_seed
+from ..sparsity import sparsity_report
+from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from ..training import Diverged, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
+from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
+from .resources import Resources
+from .stages import COLUMN_STAGES, STAGES, Stage, stage as stage_of
+from .studies import START_ATTR, PipelineError, StageStatus, Studies, all_stages
+
+__all__ = ["Pipeline", "work_all", "POLL_SECONDS", "AUTO_FLOOR"]
+
+POLL_SECONDS = 2.0
+AUTO_FLOOR = 2
+"""Fewest epochs per candidate that ``epochs = "auto"`` chooses."""
+
+
+class _Heartbeat:
+    """Record heartbeats for a claimed trial, as ``study.optimize`` does for its own trials."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self._storage, self._trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        interval = self._storage.get_heartbeat_interval() or 60
+        while True:
+            self._storage.record_heartbeat(self._trial_id)
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def auto_epochs(history: Sequence[float], band: float, ceiling: int) -> tuple[int | None, str]:
+    """``epochs = "auto"``: how long candidates train, from the start trial's accuracies so far.
+
+    Candidates train twice as many epochs as the start point needed to leave the chance band
+    (so a candidate that revives later than the start point still shows it), at least
+    ``AUTO_FLOOR`` and at most ``ceiling`` (a full fine-tune). Returns ``(None, "")`` while that
+    is not yet known, i.e. while the start point is at chance and below the ceiling.
+    """
+    move = next((e for e, a in enumerate(history) if a > band), None)
+    if move is not None:
+        epochs = min(ceiling, max(AUTO_FLOOR, 2 * (move + 1)))
+        return epochs, (f"auto: the start point left chance level in epoch {move + 1}; candidates "
+                        f"train 2 × {move + 1} epochs (floor {AUTO_FLOOR}, ceiling {ceiling})")
+    if len(history) >= ceiling:
+        return ceiling, (f"auto: the start point stayed at chance level for {ceiling} epochs; candidates "
+                         f"train the ceiling, {ceiling} (the full fine-tune's epochs)")
+    return None, ""
+
+
+class Pipeline:
+    """One worker's view of a SAFS study: its storage, data, sparse model and stages.
+
+    Example:
+
+        .. code::
+
+            cfg = safs_optuna.config.load_config("studies/quickstart.toml")
+            Pipeline(cfg).work()          # joins the study; returns when every stage is done
+            print(Pipeline(cfg).table())
+    """
+
+    def __init__(self, cfg: StudyConfig, worker: int = 0, log: Callable[[str], None] | None = None,
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.stages = all_stages(cfg.ablations)
+        self.studies = Studies(cfg, self.stages, self._sampler, self._pruner, self._start_params,
+                               heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        self.res = Resources(cfg, lambda name: self.status(name).best_trial)
+        self._announced: set[str] = set()
+
+    # ----------------------------------------------------------------- plumbing
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        return self.studies.storage
+
+    @property
+    def splits(self) -> Any:
+        return self.res.splits
+
+    @property
+    def space(self) -> Any:
+        return self.res.space
+
+    def log(self, msg: str) -> None:
+        self._log(f"[{self.cfg.name} w{self.worker}] {msg}")
+
+    def study(self, stage: Stage | str) -> optuna.Study:
+        return self.studies.study(stage)
+
+    def status(self, stage: Stage | str) -> StageStatus:
+        return self.studies.status(stage)
+
+    def is_done(self, name: str) -> bool:
+        return self.status(name).done
+
+    def prepare_studies(self, rearm: bool = True) -> None:
+        self.studies.prepare(rearm)
+
+    def settle(self) -> None:
+        self.studies.settle(self.log)
+
+    @property
+    def sparse_model(self) -> nn.Module:
+        return self.res.sparse_model
+
+    def _checkpoint_of(self, stage_name: str) -> Path:
+        return self.res.checkpoint_of(stage_name)
+
+    def _sampler(self, stage: Stage) -> optuna.samplers.BaseSampler:
+        # Each study draws its own numbers: hpo and hpo-relu must not propose in lockstep.
+        seed = position_seed(self.cfg.seed, STAGES.index(stage))
+        if stage.kind == "once":
+            return optuna.samplers.RandomSampler(seed=seed)
+        section = getattr(self.cfg, stage.section)
+        if section.sampler == "lahc":
+            key = self.space.canonical_key if stage.searches == "trees" else None
+            return LAHCSampler(history_length=self.cfg.activations.history, seed=seed, canonical_key=key,
+                               score=trial_score)
+        if section.sampler == "random":
+            return PositionSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+        startup = max(3, min(10, section.trials // 3))
+        return PositionSeededSampler(
+            lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=startup, multivariate=True,
+                                                 group=True, constant_liar=True), seed)
+
+    def _pruner(self, stage: Stage) -> optuna.pruners.BasePruner:
+        if stage.kind == "once":
+            return optuna.pruners.NopPruner()
+        section = getattr(self.cfg, stage.section)
+        kind = section.pruner
+        max_epochs = section.epochs if section.epochs != "auto" else self.cfg.final.epochs
+        inner_name = kind.split("+")[-1]
+        inner: optuna.pruners.BasePruner | None = {
+            "none": None,
+            "divergence": None,
+            "incumbent": IncumbentPruner(),
+            "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+            "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs)),
+        }[inner_name]
+        if kind.startswith("divergence"):
+            return DivergencePruner(inner)
+        return inner or optuna.pruners.NopPruner()
+
+    def _start_params(self, stage: Stage) -> dict[str, Any] | None:
+        """A search stage's first trial: the network's own activations, or the default protocol."""
+        if stage.searches == "trees":
+            try:
+                return self.space.encode(self.res.own_trees())
+            except ValueError:  # the own activation is not in the space: the sampler starts
+                return None
+        return default_protocol_params(self.cfg.hpo.space, self.cfg.protocol, stage.learn_scale)
+
+    # ----------------------------------------------------------------- the worker loop
+    def work(self, poll: float = POLL_SECONDS) -> None:
+        """Work on the stages until all are done; waits while other workers hold the rest."""
+        work_all([self], poll)
+
+    def step(self) -> tuple[list[str], bool]:
+        """Run at most one trial of the most urgent stage with work: (pending stages, progressed)."""
+        pending = []
+        for stage in self.stages:
+            st = self.status(stage)
+            if st.done:
+                self._announce(st)
+                continue
+            pending.append(stage.name)
+            # Every stage's needs are enabled whenever it is (ablations need only core stages).
+            if not all(self.is_done(n) for n in stage.needs):
+                continue
+            if stage.kind == "once" and self._run_once(stage, st):
+                return pending, True
+            if stage.kind == "search" and self._run_search_trial(stage, st):
+                return pending, True
+        return pending, False
+
+    def _announce(self, st: StageStatus) -> None:
+        """Say once per worker that a finished search found nothing, naming the knob."""
+        if st.found_nothing and st.stage.name not in self._announced:
+            self._announced.add(st.stage.name)
+            self.log(f"WARNING {st.found_nothing}")
+
+    def fail_stale(self) -> None:
+        self.studies.fail_stale()
+
+    def check_stuck(self, pending: list[str]) -> None:
+        for stage in self.stages:
+            if stage.name not in pending or stage.kind != "once":
+                continue
+            st = self.status(stage)
+            if st.failed and not (st.running or st.waiting):
+                failed = [t for t in self.study(stage).get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+                why = failed[-1].user_attrs.get("error", "see the worker's log") if failed else ""
+                raise PipelineError(f"stage {stage.name!r} failed: {why}. Fix the cause and run "
+                                    f"`safs-optuna run` again; it retries the stage.")
+
+    def _run_once(self, stage: Stage, st: StageStatus) -> bool:
+        if not st.waiting:
+            return False
+        study = self.study(stage)
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if not self.storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            trial = optuna.Trial(study, frozen._trial_id)
+            self.log(f"{stage.name}: started (trial {trial.number})")
+            start = time.time()
+            body = {"dense": self._train_dense, "finetune": self._finetune}[stage.body]
+            with _Heartbeat(self.storage, trial._trial_id):
+                try:
+                    value = body(stage, trial)
+                except BaseException as exc:
+                    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                    study.tell(trial, state=TrialState.FAIL)
+                    raise
+            study.tell(trial, value)
+            if stage.column and self.is_done(self._safs_stage().name):
+                self._write_note()
+            self.log(f"{stage.name}: done in {time.time() - start:.0f}s — val {value:.2f}%, "
+                     f"test {trial.user_attrs.get('test_accuracy', float('nan')):.2f}%")
+            return True
+        return False
+
+    def _run_search_trial(self, stage: Stage, st: StageStatus) -> bool:
+        if not st.waiting and st.finished + st.running >= st.budget:
+            return False  # the last trials are running elsewhere
+        if self.studies.fidelity(stage)[0] is None and not self._start_waiting(stage):
+            return False  # "auto" epochs: the start trial, running elsewhere, measures them first
+        study = self.study(stage)
+        study.optimize(lambda trial: self._search(stage, trial), n_trials=1, gc_after_trial=False)
+        return True
+
+    def _start_waiting(self, stage: Stage) -> bool:
+        waiting = self.study(stage).get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return any(t.user_attrs.get(START_ATTR) for t in waiting)
+
+    # ----------------------------------------------------------------- what stages use
+    def own_trees(self) -> dict[str, OperatorTree]:
+        return self.res.own_trees()
+
+    def _winner(self, stage_name: str) -> FrozenTrial | None:
+        return self.status(stage_name).best_trial
+
+    def _trees(self, stage: Stage) -> dict[str, OperatorTree]:
+        trees = self.own_trees()
+        if stage.trees_from is None:
+            return trees
+        best = self._winner(stage.trees_from)
+        if best is None:
+            self.log(f"{stage.trees_from}: no trial completed (all pruned); keeping the network's own activations")
+            return trees
+        trees.update(self.space.decode(best.params))
+        return trees
+
+    def _protocol(self, stage: Stage) -> tuple[HParams, bool]:
+        base = self.cfg.protocol.hparams()
+        fixed = stage.learn_scale
+        if stage.protocol_from is None:
+            return base, bool(fixed)
+        best = self._winner(stage.protocol_from)
+        if best is None:
+            self.log(f"{stage.protocol_from}: no trial completed (all pruned); keeping the default protocol")
+            return base, True if fixed is None else fixed
+        hp, learn = hparams_from_params(best.params, base)
+        return hp, learn if fixed is None else fixed
+
+    def _fit(self, model: nn.Module, splits: Any, hp: HParams, epochs: int, label: str,
+             trial: optuna.Trial | None, until: Callable[[Sequence[EpochStats]], bool] | None = None
+             ) -> FitResult:
+        def on_epoch(stats: EpochStats) -> None:
+            self.log(f"{label} epoch {stats.epoch + 1}/{epochs} loss {stats.train_loss:.3f} "
+                     f"val {stats.val_accuracy:.2f}% ({stats.seconds:.1f}s)")
+        return fit(model, splits, hp, epochs, trial=trial, device=self.cfg.device, seed=self.cfg.seed,
+                   progress=False, on_epoch=on_epoch, until=until)
+
+    def _record(self, trial: optuna.Trial, model: nn.Module, extra: Mapping[str, Any] | None = None) -> None:
+        formulas = {site: model.get_submodule(site).tree.formula for site in sites(model)}
+        trial.set_user_attr("formulas", formulas)
+        trial.set_user_attr("sparsity", round(100 * sparsity_report(model).ratio, 3))
+        trial.set_user_attr("worker", self.worker)
+        for k, v in (extra or {}).items():
+            trial.set_user_attr(k, v)
+
+    def _store(self, trial: optuna.Trial, model: nn.Module, filename: str, learn_scale: bool) -> None:
+        path = Path(self.res.tmp.name) / "upload" / str(trial.number) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, model, self.res.arch, learn_scale=learn_scale)
+        artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.res.artifacts, file_path=str(path),
+                                                       study_or_trial=trial)
+        trial.set_user_attr("checkpoint", artifact_id)
+
+    def _finish_once(self, stage: Stage, trial: optuna.Trial, model: nn.Module, result: FitResult,
+                     learn_scale: bool, hp: HParams, epochs: int) -> float:
+        test = evaluate(model, self.splits.test, device=self.cfg.device)
+        self._record(trial, model, {"test_accuracy": round(test.accuracy, 4),
+                                    "val_accuracy": round(result.best_val_accuracy, 4),
+                                    "best_epoch": result.best_epoch, "epochs": epochs,
+                                    "hparams": dataclasses.asdict(hp), "learn_scale": learn_scale})
+        self._store(trial, model.cpu(), f"{stage.name}.pt", learn_scale)
+        return result.best_val_accuracy
+
+    # ----------------------------------------------------------------- stage bodies
+    def _train_dense(self, stage: Stage, trial: optuna.Trial) -> float:
+        torch.manual_seed(self.cfg.seed)  # the initial weights too are a function of the seed
+        model = build_model(**self.res.arch)
+        hp = self.cfg.protocol.hparams()
+        if self.cfg.dense.checkpoint:
+            self._load_user_weights(model, self.cfg.dense.checkpoint)
+            make_searchable(model)
+            val = evaluate(model, self.splits.val, device=self.cfg.device).accuracy
+            result = FitResult(best_val_accuracy=val, best_epoch=0, history=[])
+            epochs = 0
+        else:
+            make_searchable(model)
+            epochs = self.cfg.dense.epochs
+            result = self._fit(model, self.splits, hp, epochs, stage.name, trial=None)
+        return self._finish_once(stage, trial, model, result, False, hp, epochs)
+
+    def _load_user_weights(self, model: nn.Module, path: str) -> None:
+        """The user's dense weights: a state_dict, or a dict holding one under "state_dict"."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors come in many types
+            raise PipelineError(f"[dense] checkpoint {path}: cannot be read as a torch state_dict ({exc})") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise PipelineError(f"[dense] checkpoint {path} does not fit model {self.cfg.model.name!r} "
+                                f"({self.res.arch}): {exc}") from exc
+
+    def _finetune(self, stage: Stage, trial: optuna.Trial) -> float:
+        hp, learn = self._protocol(stage)
+        model = self.res.fresh(self._trees(stage), learn)
+        epochs = self.cfg.final.epochs
+        try:
+            result = self._fit(model, self.splits, hp, epochs, stage.name, trial=None)
+        except Diverged as exc:
+            raise PipelineError(f"{stage.name}: fine-tuning diverged ({exc})") from exc
+        return self._finish_once(stage, trial, model, result, learn, hp, epochs)
+
+    def _search(self, stage: Stage, trial: optuna.Trial) -> float:
+        """One search trial: draw what the stage searches, fine-tune briefly, score on val."""
+        if stage.searches == "trees":
+            model = self.res.fresh(self.own_trees())
+            trees = self.space.suggest(trial, sites(model))
+            self.space.apply(model, trees)
+            hp = self.cfg.protocol.hparams()
+        else:
+            hp, learn = suggest_hparams(trial, self.cfg.hpo.space, self.cfg.protocol.hparams(),
+                                        learn_scale=stage.learn_scale)
+            model = self.res.fresh(self._trees(stage), learn_scale=learn)
+            if stage.trees_from:
+                trial.set_user_attr("trees_from", self._winner_id(stage.trees_from))
+        self._record(trial, model)
+        section = getattr(self.cfg, stage.section)
+        epochs, until = self._trial_epochs(stage, trial)
+        label = f"{stage.name} #{trial.number}"
+        try:
+            result = self._fit(model, self.res.search_splits(section.fraction), hp, epochs, label, trial, until)
+        except Diverged as exc:
+            trial.set_user_attr("pruned_reason", f"diverged: {exc}")
+            self.log(f"{label} pruned: diverged ({exc})")
+            raise optuna.TrialPruned(str(exc)) from exc
+        except optuna.TrialPruned:
+            reason = self.storage.get_trial(trial._trial_id).user_attrs.get("pruned_reason", "by the pruner")
+            self.log(f"{label} pruned: {reason}")
+            raise
+        if until is not None:
+            self._record_auto_epochs(stage, trial, result)
+        best = self.status(stage).best_value
+        shown = max(result.best_val_accuracy, best) if best is not None else result.best_val_accuracy
+        self.log(f"{label} done: val {result.best_val_accuracy:.2f}% (best so far {shown:.2f}%)")
+        return result.best_val_accuracy
+
+    def _winner_id(self, stage_name: str) -> int | None:
+        best = self._winner(stage_name)
+        return best.number if best is not None else None
+
+    def _trial_epochs(self, stage: Stage, trial: optuna.Trial
+                      ) -> tuple[int, Callable[[Sequence[EpochStats]], bool] | None]:
+        """Epochs of a search trial; with ``"auto"``, the start trial measures them as it trains."""
+        epochs, _ = self.studies.fidelity(stage)
+        if epochs is not None:
+            return epochs, None
+        ceiling = self.cfg.final.epochs
+        if not trial.user_attrs.get(START_ATTR):
+            # Claimed beside a running start trial (a rare race): wait for its measurement.
+            self.log(f"{stage.name} #{trial.number}: waiting for the start trial to measure the epochs")
+            while epochs is None:
+                time.sleep(POLL_SECONDS)
+                epochs, _ = self.studies.fidelity(stage)
+            return epochs, None
+        band = self._chance_band(stage)
+
+        def until(history: Sequence[EpochStats]) -> bool:
+            known, _ = auto_epochs([h.val_accuracy for h in history], band, ceiling)
+            return known is not None and len(history) >= known
+        return ceiling, until
+
+    def _chance_band(self, stage: Stage) -> float:
+        """Top of the chance band of the validation split that the stage's trials are scored on."""
+        val = self.res.search_splits(getattr(self.cfg, stage.section).fraction).val
+        return chance_band(majority_accuracy(val), len(val))
+
+    def _record_auto_epochs(self, stage: Stage, trial: optuna.Trial, result: FitResult) -> None:
+        epochs, reason = auto_epochs([h.val_accuracy for h in result.history], self._chance_band(stage),
+                                     self.cfg.final.epochs)
+        if epochs is None:  # cannot happen: fit ran to the ceiling or until epochs were known
+            epochs, reason = len(result.history), "auto: the start trial's epochs"
+        self.studies.record_fidelity(stage, epochs, reason)
+        self.log(f"{stage.name}: {epochs} epochs per candidate ({reason})")
+
+    # ----------------------------------------------------------------- results
+    def _safs_stage(self) -> Stage:
+        return next(s for s in self.stages if s.column == "SAFS")
+
+    def column_trials(self) -> dict[str, FrozenTrial | None]:
+        """The finished trial behind each report column, by column name."""
+        out: dict[str, FrozenTrial | None] = {}
+        for s in self.stages:
+            if s.column:
+                out[s.column] = self.status(s).best_trial
+        return out
+
+    def row(self) -> ResultRow:
+        """This study's test accuracies, one per report column."""
+        from ..report import COLUMNS
+
+        trials = self.column_trials()
+        values = tuple((trials.get(c).user_attrs.get("test_accuracy") if trials.get(c) else None)
+                       for c in COLUMNS)
+        return ResultRow(f"{self.cfg.name} (measured)", values)
+
+    def rows(self) -> list[ResultRow]:
+        """This study's row of test accuracies, then the paper's row for comparison."""
+        paper = paper_row(self.cfg.model.name, self.cfg.data.name)
+        return [self.row()] + ([paper] if paper else [])
+
+    def table(self) -> str:
+        return markdown_table(self.rows())
+
+    def warnings(self) -> list[str]:
+        """One line per finished search stage that found nothing."""
+        return [st.found_nothing for st in (self.status(s) for s in self.stages) if st.found_nothing]
+
+    def _write_note(self) -> None:
+        """The SAFS stage's dashboard note: the results table, warnings and learned activations.
+
+        Rewritten whenever a column of the table finishes after the final stage (the ablations
+        usually do), so the note ends up with every column."""
+        import optuna_dashboard
+
+        study = self.study(self._safs_stage())
+        model, _ = load_checkpoint(self._checkpoint_of(self._safs_stage().name))
+        acts = {site: model.get_submodule(site) for site in sites(model)}
+        existing = optuna.artifacts.get_all_artifact_meta(study)
+        note, svg = dashboard_note(self.cfg, self.table(), self.warnings(), acts,
+                                   existing[0].artifact_id if existing else None, study._study_id)
+        if svg is not None:
+            path = Path(self.res.tmp.name) / "activations.svg"
+            path.write_text(svg)
+            artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.res.artifacts, file_path=str(path),
+                                                           study_or_trial=study, mimetype="image/svg+xml")
+            note, _ = dashboard_note(self.cfg, self.table(), self.warnings(), acts, artifact_id, study._study_id)
+        optuna_dashboard.save_note(study, note)
+
+
+def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
+    """Work on every pipeline's stages (e.g. one per seed) until all are done, earliest first;
+    waits while other workers hold the rest."""
+    for pipe in pipelines:
+        for stage in pipe.stages:
+            pipe.study(stage)
+    waited_on: str | None = None
+    while True:
+        pending: list[str] = []
+        progressed = False
+        for pipe in pipelines:
+            p, progressed = pipe.step()
+            pending += [f"{pipe.cfg.name}/{name}" for name in p]
+            if progressed:
+                break
+        if progressed:
+            continue
+        if not pending:
+            for pipe in pipelines:
+                pipe.log("all stages done")
+            return
+        for pipe in pipelines:
+            pipe.check_stuck([p.rsplit("/", 1)[1] for p in pending if p.rsplit("/", 1)[0] == pipe.cfg.name])
+        if waited_on != ",".join(pending):
+            waited_on = ",".join(pending)
+            pipelines[0].log(f"waiting for other workers on: {waited_on} (a trial whose worker died "
+                             f"is retried after {pipelines[0].studies.grace_period}s without heartbeat)")
+        for pipe in pipelines:
+            pipe.fail_stale()
+        time.sleep(poll)

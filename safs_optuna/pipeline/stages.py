@@ -1,0 +1,92 @@
+"""The stage table: everything that differs between the stages of the pipeline, as data.
+
+==============  ======  ============================================================
+stage           kind    what it does
+==============  ======  ============================================================
+dense           once    train the dense network (or load the user's checkpoint)
+baseline        once    sparsify, fine-tune with the network's own activations and the default protocol
+activations     search  stage 1: one operator tree per site (LAHC), α = β = 1
+hpo             search  stage 2: the fine-tuning protocol and learned α/β, stage-1 trees
+final           once    the winner of both stages, full fine-tune, test accuracy (SAFS)
+hpo-relu        search  ablation: stage 2 alone, the network's own activations with learned α/β
+stage1          once    ablation: stage-1 winner with the default protocol
+stage2          once    ablation: hpo-relu winner, full fine-tune
+==============  ======  ============================================================
+
+Other modules never compare stage names: they read these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Stage", "STAGES", "COLUMN_STAGES", "stage"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: an Optuna study named ``<study name>/<stage name>``.
+
+    Attributes:
+        name: The study's suffix and the name users type (``--stage``, ``status``).
+        kind: ``"once"`` (one queued trial, run by exactly one worker) or ``"search"``.
+        needs: Stages that must be done before this one starts.
+        ablation: Only with ``ablations = true`` in the config (the paper's ablation columns).
+        body: What a trial does: ``"dense"`` (train or load the dense network), ``"finetune"``
+            (a full fine-tune of the sparse network, reported on the test split) or ``"search"``
+            (a short fine-tune scored on the validation split).
+        section: The config section with the search stage's sampler, pruner, trials and epochs.
+        searches: What a search trial draws: ``"trees"`` (one per site) or ``"protocol"``.
+        trees_from: Whose activations: the winner of this search stage, or ``None`` for the
+            network's own activation at every site (drawn by the trial when ``searches`` is trees).
+        protocol_from: Whose fine-tuning protocol: the winner of this search stage, or ``None``
+            for the config's default protocol (drawn by the trial when ``searches`` is protocol).
+        learn_scale: Whether α and β are learned: ``True``/``False``, or ``None`` to take it from
+            the protocol (the winner's, or the trial's draw from ``[hpo.space] learn_scale``).
+        column: The report column this stage fills (test accuracy of its trial).
+        knob: For a search that found nothing: which config key to raise.
+    """
+
+    name: str
+    kind: str
+    needs: tuple[str, ...] = ()
+    ablation: bool = False
+    body: str = "finetune"
+    section: str | None = None
+    searches: str | None = None
+    trees_from: str | None = None
+    protocol_from: str | None = None
+    learn_scale: bool | None = False
+    column: str | None = None
+    knob: str = ""
+
+
+# Order is priority: a free worker takes the first stage with work it can claim, so the
+# critical path (dense -> activations -> hpo -> final) goes first and ablations fill waits.
+STAGES: tuple[Stage, ...] = (
+    Stage("dense", "once", body="dense", column="dense"),
+    Stage("baseline", "once", ("dense",), column="magnitude pruning"),
+    Stage("activations", "search", ("dense",), body="search", section="activations", searches="trees",
+          knob="activations.epochs"),
+    Stage("hpo", "search", ("activations",), body="search", section="hpo", searches="protocol",
+          trees_from="activations", learn_scale=None, knob="hpo.trials"),
+    Stage("final", "once", ("hpo",), trees_from="activations", protocol_from="hpo", learn_scale=None,
+          column="SAFS"),
+    Stage("hpo-relu", "search", ("dense",), ablation=True, body="search", section="hpo",
+          searches="protocol", learn_scale=True, knob="hpo.trials"),
+    Stage("stage1", "once", ("activations",), ablation=True, trees_from="activations", column="stage 1"),
+    Stage("stage2", "once", ("hpo-relu",), ablation=True, protocol_from="hpo-relu", learn_scale=True,
+          column="stage 2"),
+)
+
+COLUMN_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.column)
+
+
+def stage(name: Stage | str) -> Stage:
+    """The stage called ``name`` (a :class:`Stage` passes through)."""
+    if isinstance(name, Stage):
+        return name
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")

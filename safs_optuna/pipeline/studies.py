@@ -1,0 +1,248 @@
+"""The stages' Optuna studies in one storage: creation, fingerprint, re-arming, stale trials, status.
+
+"once" stages hold one trial, queued (WAITING) by whoever creates the study; a worker claims it
+atomically (WAITING -> RUNNING), so it runs once however many workers start together. "search"
+stages run trials until the configured number has finished; their first trial, the start point
+(the network's own activations, or the default protocol), is queued the same way. Every trial
+records heartbeats; a dead worker's trial is failed and re-queued by the storage (see
+:mod:`safs_optuna.storage`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import StudyConfig, to_dict
+from ..ranking import left_chance, trial_score
+from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_storage, redact
+from .stages import STAGES, Stage, stage as stage_of
+
+__all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", "FIDELITY_ATTR"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# What may change between runs of one study without invalidating what is stored.
+RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "path")
+START_ATTR = "start"  # user attr of a search stage's start trial
+FIDELITY_ATTR = "epochs"  # study user attr: epochs per trial of a search stage, once known
+FIDELITY_WHY_ATTR = "epochs_reason"
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot go on; the message says which and why."""
+
+
+@dataclass
+class StageStatus:
+    """Where one stage stands, for ``safs-optuna status``."""
+
+    stage: Stage
+    exists: bool
+    finished: int
+    running: int
+    waiting: int
+    failed: int
+    budget: int
+    best_value: float | None
+    best_trial: FrozenTrial | None
+    epochs: int | None = None  # a search stage's epochs per trial, once known
+    epochs_reason: str | None = None
+    found_nothing: str | None = None  # a finished search stage that found nothing says why
+
+    @property
+    def done(self) -> bool:
+        return self.exists and self.finished >= self.budget and (
+            self.stage.kind == "search" or self.best_trial is not None
+        )
+
+
+def quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+
+class Studies:
+    """The studies of one pipeline config in its storage.
+
+    Args:
+        cfg: The validated config.
+        samplers / pruners: Build a stage's sampler and pruner (the runner knows the space).
+        start_params: A search stage's start trial's params, or ``None`` to let the sampler start.
+    """
+
+    def __init__(self, cfg: StudyConfig, stages: tuple[Stage, ...],
+                 sampler: Callable[[Stage], optuna.samplers.BaseSampler],
+                 pruner: Callable[[Stage], optuna.pruners.BasePruner],
+                 start_params: Callable[[Stage], dict[str, Any] | None],
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD) -> None:
+        quiet_optuna()
+        self.cfg = cfg
+        self.stages = stages
+        self.grace_period = grace_period
+        self.storage = make_storage(cfg.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        self._sampler, self._pruner, self._start_params = sampler, pruner, start_params
+        self._studies: dict[str, optuna.Study] = {}
+
+    def name(self, stage: str) -> str:
+        return self.cfg.study_name(stage)
+
+    def budget(self, stage: Stage) -> int:
+        return getattr(self.cfg, stage.section).trials if stage.kind == "search" else 1
+
+    def configured_epochs(self, stage: Stage) -> int | str:
+        """A search stage's ``epochs`` as configured: a number or ``"auto"``."""
+        return getattr(self.cfg, stage.section).epochs
+
+    # ------------------------------------------------------------- creation
+    def fingerprint(self) -> dict[str, Any]:
+        d = to_dict(self.cfg)
+        for key in RUNTIME_KEYS:
+            d.pop(key, None)
+        # Budgets may grow on resume ("run 10 more trials"); everything else defines the study.
+        for section in ("activations", "hpo"):
+            d.get(section, {}).pop("trials", None)
+        return json.loads(json.dumps(d, default=str))
+
+    def study(self, stage: Stage | str) -> optuna.Study:
+        """The stage's study, created (with its queued first trial) if missing."""
+        stage = stage_of(stage)
+        if stage.name in self._studies:
+            return self._studies[stage.name]
+        kwargs = dict(storage=self.storage, study_name=self.name(stage.name), sampler=self._sampler(stage),
+                      pruner=self._pruner(stage))
+        try:
+            study = optuna.create_study(direction="maximize", **kwargs)
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(**kwargs)
+            stored = study.user_attrs.get("config")
+            if stored is not None and stored != self.fingerprint():
+                raise PipelineError(self._config_diff(self.name(stage.name), stored))
+        else:
+            # Only the creator queues the first trial: creating a study is atomic in any RDB,
+            # so it is queued exactly once however many workers start together.
+            study.set_user_attr("config", self.fingerprint())
+            study.set_user_attr("stage", stage.name)
+            study.set_metric_names(["validation accuracy %"])  # named in the dashboard's plots
+            if stage.kind == "once":
+                study.enqueue_trial({})
+            else:
+                params = self._start_params(stage)
+                if params is not None:
+                    study.enqueue_trial(params, user_attrs={START_ATTR: True})
+        self._studies[stage.name] = study
+        return study
+
+    def _config_diff(self, name: str, stored: Mapping[str, Any]) -> str:
+        now = self.fingerprint()
+        diffs = []
+        for section in sorted(set(stored) | set(now)):
+            a, b = stored.get(section), now.get(section)
+            if isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"{section}.{k}: stored {a.get(k)!r}, config {b.get(k)!r}"
+                          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            elif a != b:
+                diffs.append(f"{section}: stored {a!r}, config {b!r}")
+        return (f"study {name!r} in {redact(self.cfg.storage)} was made with a different config "
+                f"({'; '.join(diffs)}). Use another name, or delete the database to start over.")
+
+    def prepare(self, rearm: bool = True) -> None:
+        """Create every stage's study; with ``rearm``, re-queue "once" stages whose only trials
+        failed (an earlier run crashed or was stopped), so that this run retries them."""
+        for stage in self.stages:
+            study = self.study(stage)
+            if rearm and stage.kind == "once":
+                states = [t.state for t in study.get_trials(deepcopy=False)]
+                if states and all(s == TrialState.FAIL for s in states):
+                    study.enqueue_trial({})
+
+    def running_ids(self) -> set[int]:
+        return {t._trial_id for study in self._studies.values()
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+
+    def fail_stale(self) -> None:
+        for study in self._studies.values():
+            optuna.storages.fail_stale_trials(study)
+
+    def settle(self, log: Callable[[str], None]) -> None:
+        """Wait until trials left RUNNING by an earlier run are either alive (their heartbeat
+        goes on) or failed and re-queued — so a resumed run re-evaluates a killed trial first,
+        as the run that never stopped did, instead of drawing a new one beside it."""
+        running = self.running_ids()
+        if not running:
+            return
+        log(f"{len(running)} trial(s) were running before this run; waiting up to "
+            f"{self.grace_period}s to see whether their workers are still alive")
+        deadline = time.time() + self.grace_period + 2
+        while time.time() < deadline:
+            self.fail_stale()
+            if not running & self.running_ids():
+                return
+            time.sleep(1.0)
+
+    # ------------------------------------------------------------- fidelity
+    def fidelity(self, stage: Stage) -> tuple[int | None, str | None]:
+        """A search stage's epochs per trial and why: the configured number, or the one that
+        ``"auto"`` recorded on the study (None until its start trial has measured it)."""
+        configured = self.configured_epochs(stage)
+        if configured != "auto":
+            return int(configured), None
+        attrs = self.study(stage).user_attrs
+        return attrs.get(FIDELITY_ATTR), attrs.get(FIDELITY_WHY_ATTR)
+
+    def record_fidelity(self, stage: Stage, epochs: int, reason: str) -> None:
+        study = self.study(stage)
+        study.set_user_attr(FIDELITY_ATTR, int(epochs))
+        study.set_user_attr(FIDELITY_WHY_ATTR, reason)
+
+    # ------------------------------------------------------------- status
+    def status(self, stage: Stage | str) -> StageStatus:
+        stage = stage_of(stage)
+        try:
+            study = self._studies.get(stage.name) or optuna.load_study(
+                study_name=self.name(stage.name), storage=self.storage)
+        except KeyError:
+            return StageStatus(stage, False, 0, 0, 0, 0, self.budget(stage), None, None)
+        trials = study.get_trials(deepcopy=False)
+        count = lambda *states: sum(t.state in states for t in trials)  # noqa: E731
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = max(complete, key=lambda t: (trial_score(t), -t.number)) if complete else None
+        st = StageStatus(stage, True, count(*FINISHED), count(TrialState.RUNNING),
+                         count(TrialState.WAITING), count(TrialState.FAIL), self.budget(stage),
+                         best.value if best else None, best)
+        if stage.kind == "search":
+            configured = self.configured_epochs(stage)
+            st.epochs = int(configured) if configured != "auto" else study.user_attrs.get(FIDELITY_ATTR)
+            st.epochs_reason = study.user_attrs.get(FIDELITY_WHY_ATTR) if configured == "auto" else None
+            if st.done:
+                st.found_nothing = self._found_nothing(stage, trials, best, st.epochs)
+        return st
+
+    def _found_nothing(self, stage: Stage, trials: list[FrozenTrial], best: FrozenTrial | None,
+                       epochs: int | None) -> str | None:
+        """Why a finished search found nothing, with the knob to turn; None when it found something."""
+        finished = [t for t in trials if t.state in FINISHED]
+        moved = [t for t in finished if t.state == TrialState.COMPLETE and left_chance(t)]
+        now = f" (now {epochs})" if epochs is not None and stage.knob.endswith("epochs") else ""
+        knob = f"--set {stage.knob}=…{now}"
+        if best is None:
+            return (f"{stage.name}: found nothing — every one of its {len(finished)} trials was pruned; "
+                    f"the likely cause is a fidelity too short to tell them apart: try {knob}")
+        if not moved:
+            return (f"{stage.name}: found nothing — all {len(finished)} trials stayed at chance level; "
+                    f"candidates need more epochs to revive the sparse network: try {knob}")
+        if best.user_attrs.get(START_ATTR):
+            return (f"{stage.name}: found nothing better than its start point (trial {best.number}); "
+                    f"try {knob}")
+        return None
+
+
+def all_stages(ablations: bool) -> tuple[Stage, ...]:
+    return tuple(s for s in STAGES if ablations or not s.ablation)
