@@ -172,7 +172,8 @@ def magnitude_prune(
             a match also covers the modules below it) -> the least fraction of weights those
             layers keep, in ``(0, 1]``; ``1.0`` keeps them dense. Unlike ``skip`` these layers
             count towards ``ratio``: the other layers are pruned harder so that the total still
-            holds. A layer matched by several globs takes the largest minimum.
+            holds. A layer matched by several globs takes the largest minimum; a skipped layer
+            is left alone whatever it matches.
 
     Returns:
         The :class:`SparsityReport` after pruning (over all prunable layers, skipped ones included).
