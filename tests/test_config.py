@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -89,26 +90,64 @@ def test_quickstart_is_small_and_offline():
     assert epochs <= 200, epochs  # worst case: every candidate at the "auto" ceiling
 
 
+# The commit of github.com/automl/SAFS whose lines the paper configs cite.
+SAFS_COMMIT = "ac03fa1195c5e6c5c49d76db39291c51da34c688"
+
+
+def _commented_entries(text: str) -> list[str]:
+    """Each key or table line of a TOML file joined with the comment lines that continue it."""
+    entries: list[str] = []
+    for line in text.splitlines():
+        if line[:1] not in ("", "#", " "):
+            entries.append(line)
+        elif line.lstrip().startswith("#") and line.startswith(" ") and entries:
+            entries[-1] += " " + line.strip()
+    return entries
+
+
 @pytest.mark.parametrize(
-    "stem, optimizer, lr, schedule",
+    "stem, optimizer, lr, schedule, augment, val_size",
     [
-        ("lenet5_mnist", "adam", 1e-3, "constant"),
-        ("lenet5_fashion_mnist", "adam", 1e-3, "constant"),
-        ("vgg16_cifar10", "sgd", 1e-3, "step"),
-        ("resnet18_cifar10", "sgd", 1e-2, "plateau"),
-        ("efficientnet_b0_imagenet16", "sgd", 0.1, "constant"),
+        # LeNet-5: Adam at 1e-3 with settings.py's weight decay, constant rate, MNIST's 10 000
+        # held-out images (main.py:150-153, 187-188; utility.py:42-44).
+        ("lenet5_mnist", "adam", 1e-3, "constant", False, 0.1666667),
+        ("lenet5_fashion_mnist", "adam", 1e-3, "constant", False, 0.1666667),
+        # CIFAR-10: SGD at 1e-3 (main.py:160, 168-169), a third held out as in 3-fold CV.
+        ("vgg16_cifar10", "sgd", 1e-3, "step", True, 0.3333333),
+        ("resnet18_cifar10", "sgd", 1e-3, "plateau", True, 0.3333333),
+        # EfficientNet-B0: SGD at 1e-3 with cosine warm restarts, "cosine" the nearest here
+        # (main.py:175-178, 199-200); no random augmentation in the code's loader.
+        ("efficientnet_b0_imagenet16", "sgd", 1e-3, "cosine", False, 0.1),
     ],
 )
-def test_paper_configs_follow_the_paper_protocol(stem, optimizer, lr, schedule):
-    config = load_config(STUDIES / f"{stem}.toml")
+def test_paper_configs_follow_the_paper_protocol(stem, optimizer, lr, schedule, augment, val_size):
+    path = STUDIES / f"{stem}.toml"
+    config = load_config(path)
     p = config.protocol
-    assert (p.optimizer, p.lr, p.schedule, p.batch_size) == (optimizer, lr, schedule, 128)
+    assert (p.optimizer, p.lr, p.schedule, p.augment) == (optimizer, lr, schedule, augment)
+    assert (p.weight_decay, p.batch_size) == (5e-4, 256)  # settings.py:76, main.py:64
     if optimizer == "sgd":
-        assert (p.momentum, p.weight_decay, p.augment) == (0.9, 5e-4, True)
+        assert p.momentum == 0.9
+    assert config.data.val_size == val_size
+    # --train_epochs for dense training and every full fine-tune, --optim_epochs for every
+    # trial of both searches (train_lib.py:27-30).
     assert (config.dense.epochs, config.final.epochs) == (200, 200)
-    assert (config.activations.sampler, config.activations.history) == ("lahc", 3)
-    assert (config.activations.trials, config.activations.epochs) == (20, 80)
-    assert (config.hpo.sampler, config.hpo.trials, config.hpo.epochs) == ("tpe", 20, 200)
+    a, h = config.activations, config.hpo
+    assert (a.sampler, a.history, a.trials, a.epochs, a.fraction) == ("lahc", 3, 20, 80, 1.0)
+    assert a.pruner == "incumbent"
+    assert (h.trials, h.epochs, h.fraction) == (20, 80, 1.0)
+    # Stage 2 always learns alpha and beta (pruning_lib.py:145), over the code's LR range.
+    assert h.space.learn_scale == (True,)
+    assert h.space.lr == (1e-4, 1e-1)
+
+    text = path.read_text()
+    assert SAFS_COMMIT in text, "the header names the commit the [code] comments quote"
+    assert "issue #" not in text.lower() and "optuna_lib" not in text
+    cited = [e for e in _commented_entries(text) if "[code]" in e]
+    assert len(cited) >= 15
+    for entry in cited:
+        # Every [code] comment names the file and line(s) it quotes.
+        assert re.search(r"[A-Za-z_/]+\.py:\d+", entry.split("[code]", 1)[1]), entry
 
 
 # --- defaults -------------------------------------------------------------------------------
