@@ -48,7 +48,8 @@ CONFIG = ROOT / "studies" / "quickstart.toml"
 STAGES = ("baseline", "stage1", "stage2", "final")
 HEADERS = ("magnitude pruning", "stage 1", "stage 2", "SAFS")
 VARIANTS = {
-    "before": ["activations.epochs=2", 'activations.pruner="divergence"', 'activations.preset="safs"'],
+    "before": ["activations.epochs=2", 'activations.pruner="divergence"', 'activations.preset="safs"',
+               "hpo.space.learn_scale=[true, false]"],
     "safs": ['activations.preset="safs"'],
     "compact": ['activations.preset="compact"'],
     "core": ['activations.preset="core"'],
@@ -83,7 +84,7 @@ def _run(workdir: Path, dataset: str, variant: str, seed: int, overrides: list[s
         cmd += ["--set", s]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     code = before if (variant == "before" and before) else str(ROOT)
-    env["PYTHONPATH"] = code
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
     start = time.time()
     with open(workdir / f"{name}.log", "w") as log:
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=code)
@@ -170,6 +171,8 @@ def main() -> None:
     p.add_argument("--before-checkout", help="a checkout of the code before the change, for 'before'")
     p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (e.g. activations.fraction=0.2)")
     p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "search_signal"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_signal.md"))
     args = p.parse_args()
@@ -187,7 +190,7 @@ def main() -> None:
             notes.append(f"{dataset}: not installed, skipped (apt-get install dataset-fashion-mnist)")
             print(notes[-1])
             continue
-        jobs += [(dataset, v, s, overrides) for v in variants for s in seeds]
+        jobs += [(dataset, v, s, overrides + args.set) for v in variants for s in seeds]
     print(f"{len(jobs)} runs, {args.jobs} at once; logs and databases in {workdir}")
     start = time.time()
 
@@ -203,11 +206,12 @@ def main() -> None:
         results = list(pool.map(one, jobs))
     lines = ["# Search signal at 99 % sparsity (LeNet-5, layer-wise)", "",
              f"`python benchmarks/search_signal.py --datasets {args.datasets} --variants {args.variants} "
-             f"--seeds {args.seeds}`" + (" --before-checkout <checkout of the earlier code>" if args.before_checkout
+             f"--seeds {args.seeds}" + "".join(f" --set {x}" for x in args.set) + "`" + (" --before-checkout <checkout of the earlier code>" if args.before_checkout
                                           else ""), "",
              "Budgets: `studies/quickstart.toml` (dense 6 epochs; 20 stage-1 candidates; 10 + 10 stage-2 "
              "trials × 2 epochs; 6-epoch fine-tunes), one worker with one torch thread per run, "
-             f"device {args.device}. Test accuracy %, mean ± sd over seeds {args.seeds}.", ""]
+             f"device {args.device}" + "".join(f", `--set {x}`" for x in args.set) +
+             f". Test accuracy %, mean ± sd over seeds {args.seeds}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         lines += [f"## {dataset}", ""] + _table(results, dataset) + [""]
     lines += ["## Per seed", "", "| dataset | variant | seed | baseline | stage 1 | stage 2 | SAFS | stage-1 winner "

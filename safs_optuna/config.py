@@ -191,8 +191,9 @@ class ActivationsConfig:
     LAHC history length (used by the ``lahc`` sampler only).
 
     ``epochs = "auto"`` lets the start trial (the network's own activations) measure it: it
-    trains until it leaves chance level, and candidates train twice that many epochs, at least
-    2 and at most ``[final] epochs``; the value is recorded on the study and shown by ``status``.
+    trains until it leaves chance level, and candidates train that many epochs plus one, at
+    least 2 and at most ``[final] epochs``; the value is recorded on the study and shown by
+    ``status``.
     """
 
     preset: str = "safs"
@@ -228,7 +229,7 @@ class HPOConfig:
     """``[hpo]``: stage 2, the fine-tuning hyperparameter search with the activations fixed."""
 
     sampler: str = "tpe"
-    pruner: str = "divergence+hyperband"
+    pruner: str = "incumbent"
     trials: int = 20
     epochs: int = 2
     fraction: float = 1.0

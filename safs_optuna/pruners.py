@@ -11,7 +11,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from .ranking import VAL_SIZE_ATTR, behind_margin
+from .ranking import VAL_SIZE_ATTR, behind_margin, trial_score
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -206,8 +206,9 @@ class IncumbentPruner(BasePruner):
     images are assumed). The reason is stored as the user attr ``"pruned_reason"``.
 
     The reference is ``reference(study, trial)`` when given, else the study's sampler's
-    ``threshold_trial(study, trial)`` when it has one (LAHC), else the study's best trial. With
-    no reference (the first trial of a study) nothing is pruned.
+    ``threshold_trial(study, trial)`` when it has one (LAHC), else the best (by
+    :func:`safs_optuna.ranking.trial_score`) of the completed trials numbered below ``trial``.
+    With no reference (the first trial of a study) nothing is pruned.
 
     Example:
 
@@ -276,10 +277,10 @@ class IncumbentPruner(BasePruner):
         threshold = getattr(study.sampler, "threshold_trial", None)
         if threshold is not None:
             return threshold(study, trial)
-        try:
-            return study.best_trial
-        except ValueError:  # no trial completed yet
-            return None
+        earlier = [t for t in study._storage.get_all_trials(study._study_id, deepcopy=False,
+                                                            states=(TrialState.COMPLETE,))
+                   if t.number < trial.number]
+        return max(earlier, key=trial_score) if earlier else None
 
 
 def _is_finite(value: Any) -> bool:

@@ -169,7 +169,7 @@ def test_defaults(tmp_path):
     assert config.dense == DenseConfig(10, None)
     assert config.protocol == ProtocolConfig("adam", 1e-3, 0.9, 0.0, "constant", 128, False, False)
     assert config.activations == ActivationsConfig("safs", None, None, "lahc", "incumbent", 20, "auto", 1.0, 3)
-    assert config.hpo == HPOConfig("tpe", "divergence+hyperband", 20, 2, 1.0, HPOSpace())
+    assert config.hpo == HPOConfig("tpe", "incumbent", 20, 2, 1.0, HPOSpace())
     assert config.hpo.space.optimizers == ("sgd", "adam", "adamw", "rmsprop")
     assert config.hpo.space.lr == (1e-4, 1e-1)
     assert config.hpo.space.schedules == ("constant", "cosine", "step", "plateau")

@@ -147,9 +147,9 @@ def test_auto_epochs_follow_when_the_start_point_leaves_chance():
     band = chance_band(10.0, 1000)
     assert auto_epochs([10.0, 10.0], band, ceiling=10) == (None, "")  # not yet known
     epochs, why = auto_epochs([10.0, 10.0, 15.0], band, ceiling=10)
-    assert epochs == 6 and "epoch 3" in why  # left chance in epoch 3: candidates train 2 x 3
+    assert epochs == 4 and "epoch 3" in why  # left chance in epoch 3: candidates train 3 + 1
     assert auto_epochs([30.0], band, ceiling=10)[0] == 2  # the floor
-    assert auto_epochs([10.0] * 4 + [20.0], band, ceiling=6)[0] == 6  # the ceiling
+    assert auto_epochs([10.0] * 6 + [20.0], band, ceiling=6)[0] == 6  # the ceiling
     epochs, why = auto_epochs([10.0] * 6, band, ceiling=6)
     assert epochs == 6 and "stayed at chance" in why
 
@@ -157,3 +157,14 @@ def test_auto_epochs_follow_when_the_start_point_leaves_chance():
 def test_behind_margin_shrinks_with_more_validation_images():
     assert behind_margin(20.0, 30.0, 6000) < behind_margin(20.0, 30.0, 1000)
     assert math.isfinite(behind_margin(0.0, 100.0, 10))
+
+
+def test_without_a_threshold_the_reference_is_the_best_earlier_trial():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
+                                pruner=IncumbentPruner())
+    first = _running(study, [10.0, 10.0, 10.0], [2.303] * 3)
+    assert not first.should_prune()  # the first trial has nothing earlier to be compared with
+    study.add_trial(_trial([10.0, 30.0, 45.0], [2.0, 1.8, 1.6], "gelu"))
+    late = _running(study, [10.0, 10.0, 10.0], [2.303] * 3)
+    assert late.should_prune()
+    assert not first.should_prune()  # a trial that finished later is not "earlier"

@@ -71,16 +71,18 @@ class _Heartbeat:
 def auto_epochs(history: Sequence[float], band: float, ceiling: int) -> tuple[int | None, str]:
     """``epochs = "auto"``: how long candidates train, from the start trial's accuracies so far.
 
-    Candidates train twice as many epochs as the start point needed to leave the chance band
-    (so a candidate that revives later than the start point still shows it), at least
-    ``AUTO_FLOOR`` and at most ``ceiling`` (a full fine-tune). Returns ``(None, "")`` while that
-    is not yet known, i.e. while the start point is at chance and below the ceiling.
+    The start point is the network's own activation, the one a candidate must beat. Candidates
+    train until the epoch in which the start point left the chance band, plus one: long enough
+    for a candidate that revives sooner than the start point to be ahead of it, and to see who is
+    ahead once both have revived. At least ``AUTO_FLOOR`` epochs, at most ``ceiling`` (a full
+    fine-tune). Returns ``(None, "")`` while that is not yet known, i.e. while the start point is
+    at chance and below the ceiling.
     """
     move = next((e for e, a in enumerate(history) if a > band), None)
     if move is not None:
-        epochs = min(ceiling, max(AUTO_FLOOR, 2 * (move + 1)))
+        epochs = min(ceiling, max(AUTO_FLOOR, move + 2))
         return epochs, (f"auto: the start point left chance level in epoch {move + 1}; candidates "
-                        f"train 2 × {move + 1} epochs (floor {AUTO_FLOOR}, ceiling {ceiling})")
+                        f"train {move + 1} + 1 epochs (floor {AUTO_FLOOR}, ceiling {ceiling})")
     if len(history) >= ceiling:
         return ceiling, (f"auto: the start point stayed at chance level for {ceiling} epochs; candidates "
                          f"train the ceiling, {ceiling} (the full fine-tune's epochs)")
