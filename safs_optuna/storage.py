@@ -125,7 +125,7 @@ def check_url(url: str) -> None:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def _check_sqlite_file(path: Path, *, thorough: bool) -> None:
+def _check_sqlite_file(path: Path, *, thorough: bool, writable: bool = True) -> None:
     """Raise :class:`StorageError` when ``path`` cannot hold a healthy SQLite database.
 
     A missing file is fine when its folder can be created and written; an existing one must
@@ -152,7 +152,7 @@ def _check_sqlite_file(path: Path, *, thorough: bool) -> None:
     if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
         raise StorageError(f"storage {path} is not a SQLite database (damaged or another kind "
                            f"of file); {fix}")
-    if not os.access(path, os.W_OK):
+    if writable and not os.access(path, os.W_OK):
         raise StorageError(f"storage {path} is not writable; fix its permissions or copy it")
     if not thorough:
         return
@@ -318,7 +318,7 @@ def make_storage(
     if path is not None:
         if not create and (not path.is_file() or path.stat().st_size == 0):
             raise NoStudyError(_no_study(url))
-        _check_sqlite_file(path, thorough=False)
+        _check_sqlite_file(path, thorough=False, writable=create)
         # isolation_level=None: the driver stops issuing its own deferred BEGIN, so that
         # _serialize_sqlite can begin every transaction itself (see there).
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT, "isolation_level": None}
@@ -345,7 +345,7 @@ def make_storage(
         # A complete schema needs no lock; a new file is set up by one process at a time.
         ready = _schema_complete_sqlite(path)
         with contextlib.nullcontext() if ready else _sqlite_open_lock(path):
-            if not ready:
+            if create and not _is_wal(path):
                 _prepare_sqlite(path)
             storage = _open_rdb(url, db_url, kwargs)
         _serialize_sqlite(storage.engine)
@@ -379,6 +379,16 @@ def _sqlite_query(path: Path, sql: str) -> list[tuple]:
                            "new file, or move the damaged one away") from None
     finally:
         con.close()
+
+
+def _is_wal(path: Path) -> bool:
+    # Bytes 18 and 19 of the header are the file format versions: 2 means WAL journaling.
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except FileNotFoundError:
+        return False
+    return len(head) == 20 and head[18] == 2
 
 
 def _has_schema_sqlite(path: Path) -> bool:

@@ -274,3 +274,13 @@ def test_well_formed_server_urls_pass_the_check():
     for url in ("postgresql://u:p@host:5432/db", "postgresql://u:p@[::1]:5432/db",
                 "postgresql+psycopg2://u@host/db?sslmode=require", "sqlite:///x.db"):
         check_url(url)
+
+
+def test_a_study_made_by_plain_optuna_is_switched_to_wal(tmp_path):
+    path = tmp_path / "plain.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="s")
+    assert _journal_mode(path).lower() == "delete"
+    make_storage(f"sqlite:///{path}", create=False)  # a read-only command leaves the file as it is
+    assert _journal_mode(path).lower() == "delete"
+    make_storage(f"sqlite:///{path}")
+    assert _journal_mode(path).lower() == "wal"
