@@ -5,8 +5,8 @@ WAL journaling (readers never block the writer; the mode is stored in the file, 
 once) and every connection waits up to ``busy_timeout`` seconds for the write lock instead of
 failing with "database is locked". Every storage records Optuna heartbeats, so a trial whose
 worker died (kill -9, a lost machine) is marked failed after ``grace_period`` seconds and
-re-queued once more by Optuna's retry callback (``RetryHeartbeatStaleTrialCallback`` from
-Optuna 4.9, ``RetryFailedTrialCallback`` before). A trial whose worker died before its first
+re-queued (up to ``max_retry`` times) by Optuna's retry callback
+(``RetryHeartbeatStaleTrialCallback`` from Optuna 4.9, ``RetryFailedTrialCallback`` before). A trial whose worker died before its first
 heartbeat has no heartbeat at all, which Optuna never treats as stale:
 :func:`fail_unbeating_trials` fails and re-queues those.
 
