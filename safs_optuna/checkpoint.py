@@ -3,13 +3,24 @@
 A checkpoint is a ``torch.save``'d dict of plain values — architecture arguments, one formula
 per activation site, the state dict (with its sparsity masks) — so it loads with
 ``torch.load(weights_only=True)`` and rebuilds without pickled code.
+
+An exported program (:func:`export_program`) is a ``torch.export`` archive whose members are
+deflate-compressed where that makes them smaller. A sparse network's weights are mostly runs of
+zeros, which deflate stores in a few bytes, so the file costs about what its nonzero weights
+cost, while ``torch.export.load`` reads it as any archive and rebuilds dense weights: nothing
+but PyTorch is needed to run it.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import pickle
+import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +32,10 @@ from .models import build_model, make_searchable, set_module, sites
 from .sparsity import finalize, restore_masks
 
 FORMAT = "safs-optuna/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, damaged or of another kind; the message names it."""
 
 
 def set_trees(model: nn.Module, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> None:
@@ -63,31 +78,96 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved by :func:`save_checkpoint`; returns it (on CPU) and the dict."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild the model saved by :func:`save_checkpoint`; returns it (on CPU) and the dict.
+
+    Raises:
+        CheckpointError: The file is missing, damaged, truncated, or not a safs-optuna
+            checkpoint; the one-line message names the file.
+    """
+    again = "write it again by re-running the stage that saved it"
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file); {again}")
+    try:
+        _verify_archive(Path(path))
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, i.e. running the file's code: never that.
+        raise CheckpointError(f"{path} is not a safs-optuna checkpoint (format {FORMAT}): it holds "
+                              "objects other than plain values and tensors") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        reason = _first_line(exc).split(". ")[0]  # torch goes on for paragraphs
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({reason}); "
+                              f"{again}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a safs-optuna checkpoint (format {FORMAT})")
-    model = make_searchable(build_model(**ckpt["arch"]))
-    trees = {site: OperatorTree.parse(f) for site, f in ckpt["formulas"].items()}
-    set_trees(model, trees, learn_scale=ckpt["learn_scale"])
-    restore_masks(model, ckpt["state_dict"])
-    model.load_state_dict(ckpt["state_dict"])
+        raise CheckpointError(f"{path} is not a safs-optuna checkpoint (format {FORMAT})")
+    try:
+        model = make_searchable(build_model(**ckpt["arch"]))
+        trees = {site: OperatorTree.parse(f) for site, f in ckpt["formulas"].items()}
+        set_trees(model, trees, learn_scale=ckpt["learn_scale"])
+        restore_masks(model, ckpt["state_dict"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be rebuilt ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); {again}") from None
     return model, ckpt
+
+
+def _verify_archive(path: Path) -> None:
+    """Check every member's CRC: torch.load itself does not, and would load torn weights."""
+    if not zipfile.is_zipfile(path):
+        return  # not an archive at all: torch.load says what it is
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"member {bad} fails its checksum")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def export_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> None:
     """Write ``model`` with permanent zeros as a ``torch.export`` program file.
 
     The file loads with ``torch.export.load(path).module()`` in plain PyTorch: every operator is
-    a core ATen op, so neither safs_optuna nor its classes are needed to run it.
+    a core ATen op, so neither safs_optuna nor its classes are needed to run it. It keeps one
+    image of ``example`` as its sample input, and its members are compressed (see the module
+    docstring), so a sparse network's file is about the size of its nonzero weights.
     """
     plain = finalize(copy.deepcopy(model).cpu()).eval()
     for p in plain.parameters():
         p.requires_grad_(False)
+    # Copies: a slice of a whole split shares its storage, which torch.export would store whole.
+    example = example.detach().cpu()
+    # torch.export fixes a batch dimension of size 1 to exactly 1: trace with two images.
+    trace = example[:2].clone() if len(example) >= 2 else example[:1].repeat(2, *[1] * (example.dim() - 1))
     # The batch dimension stays dynamic so the file serves any batch size, not the example's.
     batch = torch.export.Dim.DYNAMIC
-    program = torch.export.export(plain, (example.cpu(),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
+    program = torch.export.export(plain, (trace,), dynamic_shapes=({0: batch},))
+    try:
+        program.example_inputs = ((example[:1].clone(),), {})
+    except (AttributeError, ValueError):  # no setter in older PyTorch: keep the two images
+        pass
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp)
+        _compress_archive(Path(tmp), path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _compress_archive(src: Path, dst: Path) -> None:
+    """Copy the zip archive ``src`` to ``dst``, deflating each member that shrinks by it."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            packed = len(zlib.compress(data, 9)) < len(data)
+            zout.writestr(info.filename, data,
+                          compress_type=zipfile.ZIP_DEFLATED if packed else zipfile.ZIP_STORED,
+                          compresslevel=9 if packed else None)
 
 
 def program_accuracy(module: Callable[[torch.Tensor], torch.Tensor], dataset: TensorDataset,

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import pickle
 import re
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +40,7 @@ from torch.utils.data import TensorDataset
 
 __all__ = [
     "DATASETS",
+    "DatasetFormatError",
     "DatasetNotFoundError",
     "Splits",
     "default_root",
@@ -78,6 +81,10 @@ _IDX_STEMS = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on this machine; the message names every place looked and how to get it."""
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file is damaged or not in its format; the message names the file and the fault."""
 
 
 @dataclass(repr=False)
@@ -203,31 +210,61 @@ def load(
     return _make_splits(name.strip(), *raw, val_size=val_size, seed=seed, num_classes=num_classes)
 
 
+# Larger than any real IDX dataset (ImageNet at full size is ~150 GB, not an IDX file): a
+# header claiming more is damaged, and must not make us allocate it.
+IDX_MAX_BYTES = 1 << 34
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one IDX file (the MNIST format), gzip-compressed or not, as a numpy array.
 
     The format: two zero bytes, a type code, the number of dimensions, then each dimension as a
     big-endian uint32, then the data in C order, big-endian.
+
+    Raises:
+        DatasetFormatError: The file is damaged, truncated, has trailing bytes, or its header
+            claims more than :data:`IDX_MAX_BYTES` of data; the message names the file.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        buffer = bytearray(f.read())  # writable, so torch.from_numpy can share it
-    if len(buffer) < 4 or buffer[0] != 0 or buffer[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    code, ndim = buffer[2], buffer[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX type code {code:#04x}; valid: {sorted(_IDX_DTYPES)}")
-    dtype = _IDX_DTYPES[code]
+    try:
+        with opener(path, "rb") as f:
+            buffer = _read_idx_payload(path, f)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # damaged or cut-off gzip stream
+        raise DatasetFormatError(f"{path}: damaged or truncated gzip data ({exc})") from None
+    dtype = _IDX_DTYPES[buffer[2]]
+    ndim = buffer[3]
     shape = tuple(int(d) for d in np.frombuffer(buffer, dtype=">u4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(buffer) - offset != expected:
-        raise ValueError(
-            f"{path}: header says {shape} ({expected} bytes of data), file has {len(buffer) - offset}"
-        )
-    data = np.frombuffer(buffer, dtype=dtype, offset=offset).reshape(shape)
+    data = np.frombuffer(buffer, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
     return data.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_idx_payload(path: Path, f) -> bytearray:
+    """The whole file, read only after its header shows how much there must be."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise DatasetFormatError(f"{path} is not an IDX file (bad magic number)")
+    code, ndim = head[2], head[3]
+    if code not in _IDX_DTYPES:
+        valid = ", ".join(f"{c:#04x}" for c in sorted(_IDX_DTYPES))
+        raise DatasetFormatError(f"{path}: unknown IDX type code {code:#04x}; valid: {valid}")
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DatasetFormatError(f"{path}: truncated IDX header ({ndim} dimensions announced, "
+                                 f"{len(dims) // 4} present)")
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = math.prod(shape) * _IDX_DTYPES[code].itemsize
+    if expected > IDX_MAX_BYTES:
+        raise DatasetFormatError(f"{path}: header says {shape} ({expected} bytes of data), more than "
+                                 f"the {IDX_MAX_BYTES} an IDX file may hold; the file is damaged")
+    payload = f.read(expected + 1)  # one more byte shows trailing data without reading it all
+    if len(payload) != expected:
+        found = "more" if len(payload) > expected else str(len(payload))
+        raise DatasetFormatError(
+            f"{path}: header says {shape} ({expected} bytes of data), file has {found}; "
+            "the file is truncated or damaged"
+        )
+    return bytearray(head + dims + payload)  # writable, so torch.from_numpy can share it
 
 
 # --- loaders: each returns (x_train, y_train, x_test, y_test) with x uint8/float NCHW ----------
@@ -271,9 +308,11 @@ def _read_idx_split(files: dict[str, Path]) -> _Raw:
         images = read_idx(files[f"{split}_images"])
         labels = read_idx(files[f"{split}_labels"])
         if images.ndim != 3:
-            raise ValueError(f"{files[f'{split}_images']}: expected N x H x W images, got {images.shape}")
+            raise DatasetFormatError(
+                f"{files[f'{split}_images']}: expected N x H x W images, got {images.shape}"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(
+            raise DatasetFormatError(
                 f"{files[f'{split}_labels']}: expected {len(images)} labels, got shape {labels.shape}"
             )
         out += [images[:, None], labels]
@@ -362,14 +401,49 @@ def _load_imagenet16(root: Path, classes: int) -> _Raw:
     return x_train, y_train, x_test, y_test
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles ImageNet16 batches — dicts of numpy arrays and lists — and nothing else.
+
+    ``pickle.load`` would run any callable a crafted file names; this one resolves only the
+    globals that rebuild numpy arrays, dtypes and scalars, and plain containers.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("builtins", "list"), ("builtins", "dict"), ("__builtin__", "list"), ("__builtin__", "dict"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: an ImageNet16 batch "
+                                         "holds only numpy arrays and lists")
+        return super().find_class(module, name)
+
+
 def _read_imagenet16_batch(path: Path, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError) as exc:  # what a damaged or foreign pickle can raise
+        raise DatasetFormatError(f"{path}: not a readable ImageNet16 batch ({exc})") from None
+    if not isinstance(entry, dict) or not {"data", "labels"} <= entry.keys():
+        raise DatasetFormatError(f"{path}: not an ImageNet16 batch (expected a dict with 'data' "
+                                 "and 'labels')")
     # Labels are 1-based; like NAS-Bench-201's ImageNet16-120, keep labels 1..classes.
-    labels = np.asarray(entry["labels"], dtype=np.int64)
+    try:
+        labels = np.asarray(entry["labels"], dtype=np.int64).reshape(-1)
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        data = data.reshape(len(labels), 3, 16, 16)
+    except (ValueError, TypeError) as exc:
+        raise DatasetFormatError(f"{path}: 'data' is not {len(labels)} images of 3x16x16 bytes "
+                                 f"matching 'labels' ({exc})") from None
     keep = (labels >= 1) & (labels <= classes)
-    data = np.asarray(entry["data"], dtype=np.uint8)[keep]
-    return data.reshape(-1, 3, 16, 16), labels[keep] - 1
+    return data[keep], labels[keep] - 1
 
 
 # --- splits --------------------------------------------------------------------------------------
@@ -403,8 +477,15 @@ def _make_splits(
     test_labels = torch.as_tensor(np.asarray(y_test, dtype=np.int64))
     n = len(train_labels)
     n_val = int(round(val_size * n))
+    if n < 2:
+        raise ValueError(f"dataset {name!r} has {n} training image(s): at least 2 are needed to "
+                         "hold one out for validation")
     if n_val < 1 or n_val >= n:
-        raise ValueError(f"val_size={val_size} leaves {n_val} of {n} training images for validation")
+        raise ValueError(
+            f"val_size={val_size} leaves {n_val} of {n} training images for validation and "
+            f"{n - n_val} for training; for this dataset use val_size from {1 / n:.6g} "
+            f"to {(n - 1) / n:.6g}"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     # Sorted so that each split keeps the file's order; training shuffles anyway.
     val_index, train_index = perm[:n_val].sort().values, perm[n_val:].sort().values

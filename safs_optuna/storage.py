@@ -5,7 +5,16 @@ WAL journaling (readers never block the writer; the mode is stored in the file, 
 once) and every connection waits up to ``busy_timeout`` seconds for the write lock instead of
 failing with "database is locked". Every storage records Optuna heartbeats, so a trial whose
 worker died (kill -9, a lost machine) is marked failed after ``grace_period`` seconds and
-re-queued once more by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`.
+re-queued (up to ``max_retry`` times) by Optuna's retry callback
+(``RetryHeartbeatStaleTrialCallback`` from Optuna 4.9, ``RetryFailedTrialCallback`` before). A trial whose worker died before its first
+heartbeat has no heartbeat at all, which Optuna never treats as stale:
+:func:`fail_unbeating_trials` fails and re-queues those.
+
+Workers started together on a new database all create its schema at once; the first open is
+therefore serialised (a lock on the SQLite file) and retried when another process won the race
+(any backend). Commands that only read a study open it with ``create=False``, which never writes
+a schema into an empty or missing database; :func:`check_storage` tells a damaged SQLite file
+from a healthy one in one line.
 
 PostgreSQL (``postgresql://user:password@host/db``) works unchanged; it needs a driver, installed
 with the ``postgres`` extra (``pip install 'safs-optuna[postgres]'``, psycopg2). A plain
@@ -17,9 +26,18 @@ driver (``postgresql+psycopg://``) gets exactly that one. A missing driver is a
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import datetime
 import importlib
+import inspect
+import os
+import random
+import re
 import sqlite3
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,16 +47,33 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
 MAX_RETRY = 3
 BUSY_TIMEOUT = 60.0
+# Opens that lose a schema-creation race to another process are retried this many times.
+OPEN_ATTEMPTS = 6
+
+# Optuna 4.9 renamed the retry callback and the RDBStorage argument that takes it.
+_RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or getattr(
+    optuna.storages, "RetryFailedTrialCallback"
+)
+_CALLBACK_ARG = (
+    "heartbeat_stale_trial_callback"
+    if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+    else "failed_trial_callback"
+)
 
 
 class StorageError(RuntimeError):
     """A storage URL that cannot be opened; the message says why and what to do."""
+
+
+class NoStudyError(StorageError):
+    """A read-only command found no study stored at the URL."""
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -54,11 +89,119 @@ def sqlite_path(url: str) -> Path | None:
 
 def redact(url: str) -> str:
     """The URL with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (e.g. an unclosed IPv6 bracket): hide whatever looks like one
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`StorageError` in one line when a server URL's host or port is malformed.
+
+    SQLAlchemy and the drivers report these as a bare ``ValueError`` from deep inside (or a
+    multi-line driver error); users need the URL and the expected shape.
+    """
+    if url.startswith("sqlite:"):
+        return
+    shape = ("expected dialect://user:password@host:port/database, port 1-65535, "
+             "an IPv6 host in brackets ([::1])")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a non-number or out of 0..65535
+    except ValueError as exc:
+        raise StorageError(f"malformed storage URL {redact(url)}: {exc}; {shape}") from None
+    if port == 0:
+        raise StorageError(f"malformed storage URL {redact(url)}: port 0; {shape}")
+    try:
+        make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise StorageError(f"malformed storage URL {redact(url)}: {exc}; {shape}") from None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path, *, thorough: bool, writable: bool = True) -> None:
+    """Raise :class:`StorageError` when ``path`` cannot hold a healthy SQLite database.
+
+    A missing file is fine when its folder can be created and written; an existing one must
+    be a SQLite file, and with ``thorough`` pass ``PRAGMA quick_check`` (reads every page).
+    """
+    fix = "point the config's storage at a new file, or move the damaged one away"
+    if path.is_dir():
+        raise StorageError(f"storage {path} is a folder, not a SQLite file; {fix}")
+    if not path.exists():
+        parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise StorageError(f"cannot create storage {path}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StorageError(f"cannot create storage {path}: folder {parent} is not writable; "
+                               "choose a storage path in a folder you can write")
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError as exc:
+        raise StorageError(f"cannot read storage {path}: {exc.strerror}; {fix}") from None
+    if not head:
+        return  # an empty file is an empty database
+    if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+        raise StorageError(f"storage {path} is not a SQLite database (damaged or another kind "
+                           f"of file); {fix}")
+    if writable and not os.access(path, os.W_OK):
+        raise StorageError(f"storage {path} is not writable; fix its permissions or copy it")
+    if not thorough:
+        return
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"storage {path} is damaged ({exc}); {fix}") from None
+    problems = [r[0] for r in rows if r[0] != "ok"]
+    if problems:
+        raise StorageError(f"storage {path} is damaged ({problems[0]}; {len(problems)} problem(s) "
+                           f"found by PRAGMA quick_check); {fix}")
+
+
+def check_storage(url: str) -> None:
+    """Raise :class:`StorageError` with a one-line reason when ``url`` cannot be used.
+
+    Server URLs are checked for a malformed host or port; SQLite files for being a folder, a
+    missing or unwritable folder, another kind of file, or a damaged database (``PRAGMA
+    quick_check``). A missing SQLite file in a writable folder passes: it will be created.
+    """
+    check_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(path, thorough=True)
+
+
+@contextlib.contextmanager
+def _sqlite_open_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the database file while the schema is set up.
+
+    Separate from SQLite's own (POSIX, byte-range) locks, which it does not disturb; it makes
+    the first opens of a new file by several processes take turns. Without ``fcntl``
+    (Windows) the retries in :func:`make_storage` are the only guard.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "ab") as f:  # creates the (empty) database file
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -68,6 +211,17 @@ def _prepare_sqlite(path: Path) -> None:
         con.execute("PRAGMA journal_mode=WAL")
     finally:
         con.close()
+
+
+# Messages of the errors a process gets when another one creates the same schema at the same
+# moment (SQLite; PostgreSQL; MySQL), and of a database busy past the timeout.
+_RACE = re.compile(r"already exists|UNIQUE constraint failed|duplicate key value|Duplicate entry|"
+                   r"database is locked|could not serialize|deadlock detected", re.IGNORECASE)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # What to install for a missing driver module; other modules get a generic hint.
@@ -135,8 +289,20 @@ def make_storage(
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
     grace_period: int | None = GRACE_PERIOD,
     max_retry: int = MAX_RETRY,
+    create: bool = True,
 ) -> optuna.storages.RDBStorage:
     """Open (creating if needed) the RDB storage at ``url`` with heartbeats and retries on.
+
+    Several processes may open a new database at the same moment: one creates the schema, the
+    others wait for it (SQLite) or retry (servers).
+
+    Args:
+        url: SQLAlchemy database URL.
+        heartbeat_interval: Seconds between a running trial's heartbeats; ``None`` turns them off.
+        grace_period: Seconds without heartbeat after which a running trial is failed.
+        max_retry: How often a failed (stale) trial is re-queued.
+        create: ``False`` for commands that only look at a study: raise :class:`NoStudyError`
+            instead of writing a schema into an empty or missing database.
 
     Example:
 
@@ -145,11 +311,14 @@ def make_storage(
             storage = make_storage("sqlite:///studies/x.db")
             study = optuna.create_study(storage=storage, study_name="x", load_if_exists=True)
     """
+    check_url(url)
     db_url = _check_driver(url)  # messages name the user's URL, not the driver it resolved to
     engine_kwargs: dict[str, Any] = {}
     path = sqlite_path(url)
     if path is not None:
-        _prepare_sqlite(path)
+        if not create and (not path.is_file() or path.stat().st_size == 0):
+            raise NoStudyError(_no_study(url))
+        _check_sqlite_file(path, thorough=False, writable=create)
         # isolation_level=None: the driver stops issuing its own deferred BEGIN, so that
         # _serialize_sqlite can begin every transaction itself (see there).
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT, "isolation_level": None}
@@ -160,24 +329,102 @@ def make_storage(
     else:
         # Long-lived workers outlive idle server connections; check them before use.
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                db_url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=(
-                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                    if heartbeat_interval else None
-                ),
-            )
-    except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
-        raise StorageError(f"cannot open storage {redact(url)}: {exc}") from exc
+    with warnings.catch_warnings():  # "experimental" before Optuna 4.9; we rely on it
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        retry = _RetryCallback(max_retry=max_retry) if heartbeat_interval else None
+    kwargs: dict[str, Any] = {
+        "engine_kwargs": engine_kwargs,
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+        _CALLBACK_ARG: retry,
+    }
     if path is not None:
+        if not create and not _has_schema_sqlite(path):
+            raise NoStudyError(_no_study(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A complete schema needs no lock; a new file is set up by one process at a time.
+        ready = _schema_complete_sqlite(path)
+        with contextlib.nullcontext() if ready else _sqlite_open_lock(path):
+            if create and not _is_wal(path):
+                _prepare_sqlite(path)
+            storage = _open_rdb(url, db_url, kwargs)
         _serialize_sqlite(storage.engine)
+    else:
+        if not create and url.startswith("sqlite:"):
+            raise NoStudyError(_no_study(url))  # an in-memory database holds no study yet
+        if not create:
+            _require_schema_server(url, db_url, engine_kwargs)
+        storage = _open_rdb(url, db_url, kwargs)
     return storage
+
+
+def _no_study(url: str) -> str:
+    where = sqlite_path(url) or redact(url)
+    return f"no study at {where}; run `safs-optuna run CONFIG` first"
+
+
+def _sqlite_query(path: Path, sql: str) -> list[tuple]:
+    """Rows of ``sql`` on the file opened read-only; [] when the file or a table is missing."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise StorageError(f"cannot read storage {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"storage {path} is damaged ({exc}); point the config's storage at a "
+                           "new file, or move the damaged one away") from None
+    finally:
+        con.close()
+
+
+def _is_wal(path: Path) -> bool:
+    # Bytes 18 and 19 of the header are the file format versions: 2 means WAL journaling.
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except FileNotFoundError:
+        return False
+    return len(head) == 20 and head[18] == 2
+
+
+def _has_schema_sqlite(path: Path) -> bool:
+    return bool(_sqlite_query(path, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'"))
+
+
+def _schema_complete_sqlite(path: Path) -> bool:
+    # Optuna stamps alembic_version last: a row there means every table and row is in place.
+    return bool(_sqlite_query(path, "SELECT 1 FROM alembic_version"))
+
+
+def _require_schema_server(url: str, db_url: str, engine_kwargs: dict[str, Any]) -> None:
+    engine = sqlalchemy.create_engine(db_url, **engine_kwargs)
+    try:
+        has = sqlalchemy.inspect(engine).has_table("studies")
+    except Exception as exc:  # the driver's many kinds; the user needs the URL and the cause
+        raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from exc
+    finally:
+        engine.dispose()
+    if not has:
+        raise NoStudyError(_no_study(url))
+
+
+def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """``RDBStorage(db_url, **kwargs)``, retried while another process is creating the schema."""
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return optuna.storages.RDBStorage(db_url, **kwargs)
+        except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
+            if attempt + 1 < OPEN_ATTEMPTS and _RACE.search(str(exc)):
+                time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from exc
+    raise AssertionError("unreachable")
 
 
 def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
@@ -193,6 +440,60 @@ def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     @sqlalchemy.event.listens_for(engine, "begin")
     def _begin(conn: sqlalchemy.engine.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def stale_trial_callback(storage: Any) -> Any:
+    """The storage's callback for failed stale trials (its getter was renamed in Optuna 4.9)."""
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or getattr(
+        storage, "get_failed_trial_callback"
+    )
+    return getter()
+
+
+def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None) -> list[int]:
+    """Fail the RUNNING trials of ``study`` that never recorded a heartbeat; their ids.
+
+    A worker killed between claiming a trial and its first heartbeat leaves a RUNNING trial
+    without a heartbeat row, which :func:`optuna.storages.fail_stale_trials` skips, so the
+    study would wait for it forever. Such a trial is failed once its ``datetime_start`` is
+    older than ``grace_period`` seconds (default: the storage's), and handed to the storage's
+    stale-trial callback, which re-queues it as for a trial whose heartbeat stopped. Call it
+    next to ``fail_stale_trials``. Does nothing for storages without heartbeats.
+
+    ``datetime_start`` is written with the claiming worker's local clock; workers on machines
+    whose clocks differ by more than the grace period should share a time zone and NTP.
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return []
+    interval = backend.get_heartbeat_interval()
+    if not interval:
+        return []
+    if grace_period is None:
+        grace_period = backend.grace_period or 2 * interval
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
+    old = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and t.datetime_start < cutoff}
+    if not old:
+        return []
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    query = sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))
+    with backend.engine.connect() as conn:
+        beating = {row[0] for row in conn.execute(query)}
+    failed = []
+    for trial_id in sorted(old - beating):
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed (or its owner finished) it first
+    callback = stale_trial_callback(storage)
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return failed
 
 
 def storage_exists(url: str) -> bool:

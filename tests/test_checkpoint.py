@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import zipfile
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 import safs_optuna as so
-from safs_optuna.checkpoint import (export_program, load_checkpoint, program_accuracy, save_checkpoint,
-                                   set_trees)
+from safs_optuna.checkpoint import (CheckpointError, export_program, load_checkpoint, program_accuracy,
+                                   save_checkpoint, set_trees)
 
 ARCH = {"name": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 28}
 TREES = ("srs(x)", "max(x, tanh(x))", "srs(x)", "swish(x)")
@@ -88,6 +93,96 @@ def test_load_rejects_other_files(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(ValueError, match="not a safs-optuna checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "torn", "garbage", "empty", "missing", "folder",
+                                    "pickled code", "bad arch"])
+def test_damaged_checkpoint_is_one_clear_error_naming_it(saved, tmp_path, damage):
+    _, good = saved
+    path = tmp_path / "bad.pt"
+    raw = good.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "torn":
+        middle = len(raw) // 2
+        path.write_bytes(raw[:middle] + os.urandom(4096) + raw[middle + 4096 :])
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04" + os.urandom(2000))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "folder":
+        path.mkdir()
+    elif damage == "pickled code":  # what weights_only refuses; torch then suggests turning it off
+        torch.save({"format": "safs-optuna/1", "hook": zipfile.ZipFile}, path)
+    elif damage == "bad arch":
+        ckpt = torch.load(good, weights_only=True)
+        torch.save({**ckpt, "arch": {**ARCH, "name": "lenet7"}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    assert "weights_only" not in message
+    assert isinstance(err.value, ValueError)  # callers catching ValueError keep working
+
+
+def _probe(path) -> str:
+    """Load and run the program in a fresh interpreter that cannot import safs_optuna."""
+    code = (
+        "import sys; sys.modules['safs_optuna'] = None\n"
+        "import torch\n"
+        f"m = torch.export.load({str(path)!r}).module()\n"
+        "w = [p for n, p in m.named_parameters() if n.endswith('weight') and p.dim() > 1]\n"
+        "zeros = sum(int((p == 0).sum()) for p in w) / sum(p.numel() for p in w)\n"
+        "print(tuple(m(torch.randn(3, 1, 28, 28)).shape), round(zeros, 3))\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_export_of_lenet5_at_99_percent_is_small_and_plain_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = so.make_searchable(so.build_model("lenet5"))
+    so.magnitude_prune(model, 0.99)
+    split = torch.randn(2000, 1, 28, 28)  # the example is a view of a whole split, as in the CLI
+    path = tmp_path / "m.pt2"
+    export_program(model, split[:4], path)
+    size = path.stat().st_size
+    assert size < 100_000, size  # dense weights alone are 250 kB, the split 6.3 MB
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    program = torch.export.load(str(path))
+    assert program.example_inputs[0][0].shape[0] == 1
+    model.eval()
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
+    weights = [p for n, p in program.module().named_parameters() if n.endswith("weight") and p.dim() > 1]
+    assert sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights) >= 0.98
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compressed_export_runs_without_safs_optuna(saved, tmp_path):
+    model, _ = saved
+    path = tmp_path / "m.pt2"
+    export_program(model, torch.randn(4, 1, 28, 28), path)
+    with zipfile.ZipFile(path) as archive:  # the weights are stored compressed
+        assert any(i.compress_type == zipfile.ZIP_DEFLATED for i in archive.infolist())
+    shape, zeros = _probe(path).split(") ")
+    assert shape == "(3, 10" and float(zeros) >= 0.89
+
+
+def test_export_accepts_a_single_example_image(saved, tmp_path):
+    model, _ = saved
+    path = tmp_path / "one.pt2"
+    export_program(model, torch.randn(1, 1, 28, 28), path)
+    program = torch.export.load(str(path)).module()
+    model.eval()
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_export_program_matches_the_model_at_any_batch_size(saved, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from safs_optuna import data
-from safs_optuna.data import DatasetNotFoundError, Splits, load, read_idx
+from safs_optuna.data import DatasetFormatError, DatasetNotFoundError, Splits, load, read_idx
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
 
@@ -180,7 +180,7 @@ def test_read_idx_round_trips_other_dtypes_and_rejects_garbage(tmp_path: Path) -
     write_idx(tmp_path / "floats", floats.astype(">f4"))
     assert np.array_equal(read_idx(tmp_path / "floats"), floats)
     (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
-    with pytest.raises(ValueError, match="not an IDX file"):
+    with pytest.raises(DatasetFormatError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
     (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x00" * 3)
     with pytest.raises(ValueError, match="10"):
@@ -303,3 +303,113 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     for name in data.DATASETS + ("idx:<dir>",):
         assert name in message
     assert data.DATASETS == ("quickstart", "mnist", "fashion_mnist", "cifar10", "imagenet16")
+
+
+# --------------------------------------------------------------------------- damaged files
+def _damaged_idx(folder: Path, damage: str, gz: bool) -> Path:
+    """The training images of a tiny IDX folder, damaged; the path of the damaged file."""
+    make_idx_folder(folder, gz=gz)
+    path = folder / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    if damage == "truncated data":
+        raw = raw[: len(raw) - 100]
+    elif damage == "truncated header":
+        raw = raw[:9]
+    elif damage == "trailing bytes":
+        raw = raw + b"\x00" * 7
+    elif damage == "huge header":  # 2^32-1 cubed images: must be refused, not allocated
+        raw = raw[:4] + struct.pack(">3I", *(3 * [0xFFFFFFFF])) + raw[16:]
+    elif damage == "bad type":
+        raw = raw[:2] + b"\x42" + raw[3:]
+    payload = gzip.compress(raw) if gz else raw
+    if damage == "cut gzip":
+        payload = payload[: len(payload) // 2]
+    elif damage == "corrupt gzip":
+        payload = payload[:10] + bytes(b ^ 0xFF for b in payload[10:40]) + payload[40:]
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize("damage, gz", [
+    ("truncated data", False), ("truncated data", True), ("truncated header", False),
+    ("trailing bytes", False), ("trailing bytes", True), ("huge header", False), ("huge header", True),
+    ("bad type", False), ("cut gzip", True), ("corrupt gzip", True),
+])
+def test_damaged_idx_file_is_one_error_naming_it(tmp_path: Path, damage: str, gz: bool) -> None:
+    path = _damaged_idx(tmp_path, damage, gz)
+    with pytest.raises(DatasetFormatError) as err:
+        load(f"idx:{tmp_path}")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)  # callers catching ValueError keep working
+
+
+@pytest.mark.parametrize("val_size", [0.001, 0.999])
+def test_val_size_leaving_a_split_empty_names_the_valid_range(tmp_path: Path, val_size: float) -> None:
+    make_idx_folder(tmp_path, n_train=200)
+    with pytest.raises(ValueError) as err:
+        load(f"idx:{tmp_path}", val_size=val_size)
+    message = str(err.value)
+    assert f"val_size={val_size}" in message and "from 0.005 to 0.995" in message
+    # The ends of the range it names are accepted.
+    assert len(load(f"idx:{tmp_path}", val_size=0.005).val) == 1
+    assert len(load(f"idx:{tmp_path}", val_size=0.995).train) == 1
+
+
+def test_one_training_image_cannot_be_split(tmp_path: Path) -> None:
+    make_idx_folder(tmp_path, n_train=1)
+    with pytest.raises(ValueError, match="1 training image"):
+        load(f"idx:{tmp_path}", val_size=0.5)
+
+
+class _RunsCode:
+    """Unpickles to a call of os.system, as a crafted dataset file would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["train_data_batch_3", "val_data"])
+def test_imagenet16_pickle_that_would_run_code_is_refused(tmp_path: Path, where: str) -> None:
+    folder = tmp_path / "ImageNet16"
+    write_imagenet16(folder)
+    marker = tmp_path / "pwned"
+    with open(folder / where, "wb") as f:
+        pickle.dump({"data": _RunsCode(marker), "labels": [1]}, f, protocol=2)
+    with pytest.raises(DatasetFormatError) as err:
+        load("imagenet16", root=tmp_path)
+    assert not marker.exists()
+    assert str(folder / where) in str(err.value) and "system" in str(err.value)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_imagenet16_batches_of_any_protocol_still_load(tmp_path: Path, protocol: int) -> None:
+    folder = tmp_path / "ImageNet16"
+    write_imagenet16(folder)
+    batch = folder / "val_data"
+    with open(batch, "rb") as f:
+        entry = pickle.load(f)
+    # As the published files: labels a list, data an array, plus the mean image as an array.
+    entry["mean"] = np.zeros(768, dtype=np.float64)
+    with open(batch, "wb") as f:
+        pickle.dump(entry, f, protocol=protocol)
+    assert len(load("imagenet16", root=tmp_path).test) > 0
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"", "not a dict", "bad shape"])
+def test_damaged_imagenet16_batch_is_one_error_naming_it(tmp_path: Path, content) -> None:
+    folder = tmp_path / "ImageNet16"
+    write_imagenet16(folder)
+    batch = folder / "train_data_batch_1"
+    if content == "not a dict":
+        batch.write_bytes(pickle.dumps([1, 2, 3]))
+    elif content == "bad shape":
+        batch.write_bytes(pickle.dumps({"data": np.zeros((4, 100), np.uint8), "labels": [1] * 4}))
+    else:
+        batch.write_bytes(content)
+    with pytest.raises(DatasetFormatError, match=str(batch)):
+        load("imagenet16", root=tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -13,10 +14,15 @@ from optuna.trial import TrialState
 from safs_optuna.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
+    NoStudyError,
+    StorageError,
+    check_storage,
+    check_url,
     make_artifact_store,
     make_storage,
     redact,
     sqlite_path,
+    stale_trial_callback,
     storage_exists,
 )
 
@@ -45,7 +51,7 @@ def test_sqlite_storage_is_wal_in_a_created_folder_with_heartbeats(tmp_path):
     assert _journal_mode(db).lower() == "wal"
     assert storage.get_heartbeat_interval() == HEARTBEAT_INTERVAL
     assert storage.grace_period == GRACE_PERIOD
-    assert storage.get_heartbeat_stale_trial_callback() is not None
+    assert stale_trial_callback(storage) is not None
     # The storage works: a study made through it is found again through a second storage.
     optuna.create_study(storage=storage, study_name="s")
     again = make_storage(url, heartbeat_interval=7)
@@ -134,3 +140,147 @@ def test_artifact_store_creates_its_folder(tmp_path):
                                                    study_or_trial=study)
     with store.open_reader(artifact_id) as f:
         assert f.read() == b"hello"
+
+
+# --------------------------------------------------------------------------- Optuna versions
+def test_retry_callback_class_matches_optuna(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 'x.db'}", max_retry=2)
+    expected = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+        optuna.storages.RetryFailedTrialCallback
+    callback = stale_trial_callback(storage)
+    assert type(callback) is expected and callback._max_retry == 2
+
+
+# --------------------------------------------------------------------------- damaged storage
+def _study_file(path: Path) -> bytes:
+    """The bytes of a SQLite file holding one study with a few trials (journal folded in)."""
+    storage = make_storage(f"sqlite:///{path}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    for _ in range(20):
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    storage.engine.dispose()
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "header only", "truncated", "torn page"])
+def test_damaged_sqlite_file_is_one_clear_error(tmp_path, damage):
+    good = _study_file(tmp_path / "good.db")
+    bad = tmp_path / "bad.db"
+    if damage == "garbage":
+        bad.write_bytes(b"not a database at all\n" * 200)
+    elif damage == "header only":
+        bad.write_bytes(good[:50])
+    elif damage == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    else:
+        torn = bytearray(good)
+        torn[len(torn) // 2 : len(torn) // 2 + 2048] = os.urandom(2048)
+        bad.write_bytes(bytes(torn))
+    url = f"sqlite:///{bad}"
+    # Opening reads only the schema; a damaged page elsewhere needs the full check.
+    opens = [] if damage == "torn page" else [make_storage, lambda u: make_storage(u, create=False)]
+    for call in (check_storage, *opens):
+        with pytest.raises(StorageError) as err:
+            call(url)
+        message = str(err.value)
+        assert str(bad) in message and "\n" not in message
+        assert "move the damaged one away" in message or "not a SQLite database" in message
+    check_storage(f"sqlite:///{tmp_path / 'good.db'}")  # the healthy file passes
+
+
+def test_a_folder_or_a_file_in_the_way_is_one_clear_error(tmp_path):
+    folder = tmp_path / "x.db"
+    folder.mkdir()
+    with pytest.raises(StorageError, match="is a folder"):
+        check_storage(f"sqlite:///{folder}")
+    with pytest.raises(StorageError, match="is a folder"):
+        make_storage(f"sqlite:///{folder}")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for call in (check_storage, make_storage):
+        with pytest.raises(StorageError, match="is not a folder") as err:
+            call(f"sqlite:///{blocker / 'sub' / 'x.db'}")
+        assert str(blocker) in str(err.value)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_folder_is_one_clear_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        for call in (check_storage, make_storage):
+            with pytest.raises(StorageError, match="not writable"):
+                call(f"sqlite:///{folder / 'x.db'}")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_missing_storage_passes_the_check_and_writes_nothing(tmp_path):
+    check_storage(f"sqlite:///{tmp_path / 'new' / 'x.db'}")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- read-only opens
+@pytest.mark.parametrize("state", ["missing", "empty", "foreign tables"])
+def test_read_only_open_never_writes_a_schema(tmp_path, state):
+    path = tmp_path / "sub" / "x.db"
+    if state != "missing":
+        path.parent.mkdir()
+        path.write_bytes(b"")
+    if state == "foreign tables":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE notes (x)")
+        con.commit()
+        con.close()
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(NoStudyError) as err:
+        make_storage(f"sqlite:///{path}", create=False)
+    assert str(err.value) == f"no study at {path}; run `safs-optuna run CONFIG` first"
+    assert (path.read_bytes() if path.exists() else None) == before
+    assert path.parent.exists() == (state != "missing")
+
+
+def test_read_only_open_of_a_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(storage=make_storage(url), study_name="s")
+    assert [s.study_name for s in optuna.get_all_study_summaries(make_storage(url, create=False))] == ["s"]
+    with pytest.raises(NoStudyError):
+        make_storage("sqlite:///:memory:", create=False)
+
+
+# --------------------------------------------------------------------------- malformed server URLs
+@pytest.mark.parametrize("url, why", [
+    ("postgresql://u:Secret1@host:abc/db", "port"),
+    ("postgresql://u:Secret1@host:99999/db", "out of range"),
+    ("postgresql://u:Secret1@host:0/db", "port 0"),
+    ("postgresql://u:Secret1@[::1/db", "IPv6"),
+    ("postgresql://u:Secret1@::1]:5432/db", "IPv6"),
+])
+def test_malformed_server_url_is_one_clear_line(url, why):
+    for call in (check_url, check_storage, make_storage):
+        with pytest.raises(StorageError) as err:
+            call(url)
+        message = str(err.value)
+        assert message.startswith("malformed storage URL") and why in message
+        assert "\n" not in message and "Secret1" not in message
+    assert "Secret1" not in redact(url)
+
+
+def test_well_formed_server_urls_pass_the_check():
+    for url in ("postgresql://u:p@host:5432/db", "postgresql://u:p@[::1]:5432/db",
+                "postgresql+psycopg2://u@host/db?sslmode=require", "sqlite:///x.db"):
+        check_url(url)
+
+
+def test_a_study_made_by_plain_optuna_is_switched_to_wal(tmp_path):
+    path = tmp_path / "plain.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="s")
+    assert _journal_mode(path).lower() == "delete"
+    make_storage(f"sqlite:///{path}", create=False)  # a read-only command leaves the file as it is
+    assert _journal_mode(path).lower() == "delete"
+    make_storage(f"sqlite:///{path}")
+    assert _journal_mode(path).lower() == "wal"
