@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,14 +111,18 @@ def _check_device(cfg) -> None:
                         EXIT_USAGE)
 
 
-def _pipeline(cfg, worker: int = 0, must_exist: bool = False):
+def _pipeline(cfg, worker: int = 0, must_exist: bool = False, log=None):
+    """The config's pipeline on its storage; ``must_exist`` for commands that only read a study:
+    they never write to the storage, not even a schema into an empty file."""
     from .pipeline import Pipeline
-    from .storage import redact, storage_exists
+    from .storage import NoStudyError, check_storage, redact
 
-    if must_exist and not storage_exists(cfg.storage):
+    check_storage(cfg.storage)  # a damaged database stops here, with one line naming it
+    try:
+        return Pipeline(cfg, worker=worker, create=not must_exist, log=log)
+    except NoStudyError:
         raise UserError(f"no study stored at {redact(cfg.storage)} yet; start it with "
-                        f"`safs-optuna run {cfg.path or '<config>'}`")
-    return Pipeline(cfg, worker=worker)
+                        f"`safs-optuna run {cfg.path or '<config>'}`") from None
 
 
 def _results(pipes: Sequence) -> str:
@@ -137,8 +142,18 @@ def _results(pipes: Sequence) -> str:
 
 
 # ---------------------------------------------------------------------- commands
+def _log_path(cfg) -> Path:
+    """Where ``run`` writes the workers' per-epoch lines while it shows the live view."""
+    from .storage import sqlite_path
+
+    db = sqlite_path(cfg.storage)
+    folder = db.parent if db is not None else (Path(cfg.path).parent if cfg.path else Path.cwd())
+    return folder / f"{cfg.name.split('/')[0]}.log"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import default_threads, load_splits, set_threads, work_all
+    from .progress import LiveView
 
     cfgs = _configs(args)
     cfg = cfgs[0]
@@ -147,25 +162,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     threads = cfg.threads or default_threads(args.workers)
     _check_device(cfg)
     load_splits(cfg)  # a missing dataset stops here, before anything is written to the storage
-    pipes = [_pipeline(c) for c in cfgs]
+    # On a terminal: one live line per stage; the per-epoch lines go to a log file (--verbose: screen).
+    live = sys.stderr.isatty() and not args.verbose
+    logfile = None
+    if live:
+        path = _log_path(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logfile = open(path, "a", buffering=1)
+        print(f"safs-optuna: per-epoch progress of every worker goes to {path}", file=sys.stderr)
+    log = (lambda msg: print(msg, file=logfile, flush=True)) if logfile else None
+    pipes = [_pipeline(c, log=log) for c in cfgs]
     for pipe in pipes:
         pipe.prepare_studies(rearm=True)
     for pipe in pipes:
         pipe.settle()
     start = time.time()
-    if args.workers == 1:
-        set_threads(threads)
-        work_all(pipes)
-    else:
-        _spawn_workers(args, threads, pipes)
+    viewers = [_pipeline(c) for c in cfgs] if live else []  # the view reads with its own connections
+    view = LiveView(lambda: [line for p in viewers for line in p.view_lines()]) if live else contextlib.nullcontext()
+    try:
+        with view:
+            if args.workers == 1:
+                set_threads(threads)
+                work_all(pipes)
+            else:
+                _spawn_workers(args, threads, pipes, logfile)
+    finally:
+        if logfile is not None:
+            logfile.close()
     print(f"\n{_config(args).name}: finished in {time.time() - start:.0f}s\n")
     print(_results(pipes))
     return 0
 
 
-def _spawn_workers(args: argparse.Namespace, threads: int, pipes) -> None:
+def _spawn_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) -> None:
     base = [sys.executable, "-m", "safs_optuna.cli", "worker", str(args.config), "--threads", str(threads)]
-    procs = [subprocess.Popen(base + ["--worker-id", str(i + 1)] + _override_args(args))
+    procs = [subprocess.Popen(base + ["--worker-id", str(i + 1)] + _override_args(args),
+                              stdout=logfile, stderr=logfile)
              for i in range(args.workers)]
     try:
         codes = [p.wait() for p in procs]
@@ -185,7 +217,8 @@ def _spawn_workers(args: argparse.Namespace, threads: int, pipes) -> None:
         print(f"safs-optuna: worker(s) {', '.join(map(str, failed))} stopped early; the other workers "
               "finished their work", file=sys.stderr)
     elif failed:
-        raise UserError(f"worker(s) {', '.join(map(str, failed))} stopped with an error (see above) "
+        where = f"see {logfile.name}" if logfile else "see above"
+        raise UserError(f"worker(s) {', '.join(map(str, failed))} stopped with an error ({where}) "
                         f"and {', '.join(pending)} did not finish; run the same command again to resume")
 
 
@@ -202,6 +235,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .storage import redact
 
+    if args.watch:
+        return _watch(_configs(args), args.interval)
     for cfg in _configs(args):
         pipe = _pipeline(cfg, must_exist=True)
         print(f"{cfg.name} — {redact(cfg.storage)}")
@@ -240,7 +275,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                 notes.append(f"WARNING {st.found_nothing}")
         for note in notes:
             print(note)
+        density = pipe.density_table()
+        if density:
+            print("\n" + density)
         print()
+    return 0
+
+
+def _watch(cfgs: list, interval: float) -> int:
+    """``status --watch``: the live stage view, from the storage, until every stage is done."""
+    from .progress import LiveView
+
+    pipes = [_pipeline(c, must_exist=True) for c in cfgs]
+    view = LiveView(lambda: [line for p in pipes for line in p.view_lines()], stream=sys.stdout,
+                    interval=interval)
+    with view:
+        while not all(p.status(s).done for p in pipes for s in p.stages):
+            time.sleep(interval)
     return 0
 
 
@@ -252,6 +303,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"## {cfg.name}: {cfg.model.name} on {cfg.data.name}, sparsity {cfg.sparsity.ratio:g} "
           f"({cfg.sparsity.scope}){seeds}; test accuracy %\n")
     print(_results(pipes))
+    density = pipes[0].density_table()
+    if density:
+        print("\n" + density + (" (seed {})".format(pipes[0].cfg.seed) if len(pipes) > 1 else ""))
     for pipe in pipes:
         trials = pipe.column_trials()
         best = trials.get("SAFS") or trials.get("stage 1")
@@ -266,13 +320,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from .storage import make_artifact_store, make_storage, redact, storage_exists
+    from .storage import make_artifact_store, redact
 
     cfg = _config(args)
-    if not storage_exists(cfg.storage):
-        raise UserError(f"no study stored at {redact(cfg.storage)} yet; start it with `safs-optuna run`")
+    storage = _pipeline(cfg, must_exist=True).storage
     print(f"optuna-dashboard on {redact(cfg.storage)}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    optuna_dashboard.run_server(make_storage(cfg.storage), host=args.host, port=args.port,
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port,
                                 artifact_store=make_artifact_store(cfg.artifacts))
     return 0
 
@@ -342,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print every worker's per-epoch lines instead of the live stage view")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="join a study as one more worker (any machine, same storage)",
@@ -353,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="where each stage stands, best so far")
     _common(p)
+    p.add_argument("--watch", action="store_true",
+                   help="redraw one live line per stage until the study is done (Ctrl-C stops)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="the paper-style results table")
@@ -379,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from .data import DatasetNotFoundError
+    from .checkpoint import CheckpointError
+    from .data import DatasetFormatError, DatasetNotFoundError
     from .pipeline import PipelineError
     from .storage import StorageError
 
@@ -388,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"safs-optuna: {exc}", file=sys.stderr)
         return exc.code
-    except (PipelineError, StorageError, DatasetNotFoundError) as exc:
+    except (PipelineError, StorageError, DatasetNotFoundError, DatasetFormatError, CheckpointError) as exc:
         print(f"safs-optuna: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -60,7 +60,6 @@ from safs_optuna.training import HParams
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
-    "SCOPES",
     "STORAGE_SCHEMES",
     "ActivationsConfig",
     "ConfigError",
@@ -100,8 +99,6 @@ every network starts at chance); ``divergence+X`` wraps X in a DivergencePruner.
 AUTO = "auto"
 """``epochs = "auto"`` of a search stage: measured by its start trial (see the pipeline)."""
 
-SCOPES: tuple[str, ...] = ("layer", "global")
-"""Magnitude sparsity scopes: every layer loses the same share, or one threshold for all."""
 
 STORAGE_SCHEMES: tuple[str, ...] = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 """Database URL schemes (SQLAlchemy dialects, optionally ``+driver``) accepted for ``storage``."""
@@ -140,7 +137,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SparsityConfig:
-    """``[sparsity]``: magnitude pruning of the dense network (ratio of weights set to zero)."""
+    """``[sparsity]``: magnitude pruning of the dense network (ratio of weights set to zero).
+
+    ``scope`` is the allocation (:data:`safs_optuna.sparsity.SCOPES`): ``layer`` (every layer
+    loses ``ratio``, the paper's), ``global`` (one magnitude threshold), ``erk``
+    (Erdős–Rényi-Kernel densities) or ``lamp`` (layer-adaptive magnitude scores); ``skip``
+    names modules left dense and outside the ratio."""
 
     ratio: float = 0.99
     scope: str = "layer"
@@ -749,6 +751,8 @@ def _check_data(c: DataConfig, s: _Section) -> DataConfig:
 
 
 def _check_sparsity(c: SparsityConfig, s: _Section) -> SparsityConfig:
+    from safs_optuna.sparsity import SCOPES
+
     s.interval("ratio", c.ratio, 0.0, 1.0, "[)")
     s.choice("scope", c.scope, SCOPES, "scope")
     if "" in c.skip:

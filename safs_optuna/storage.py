@@ -496,12 +496,6 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     return failed
 
 
-def storage_exists(url: str) -> bool:
-    """Whether anything is stored at ``url`` yet (only checkable for SQLite files)."""
-    path = sqlite_path(url)
-    return True if path is None else path.exists()
-
-
 def make_artifact_store(path: str | Path) -> FileSystemArtifactStore:
     """The artifact store (checkpoints, plots) in folder ``path``, created if missing."""
     Path(path).mkdir(parents=True, exist_ok=True)

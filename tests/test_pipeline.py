@@ -81,6 +81,7 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count(" done ") + out.count(" NOTHING ") == 8  # a search may have found nothing, and say so
+    assert "Density per layer after sparsity 0.99 (layer):" in out and "| `0` | 150 | " in out
     assert main(["report", str(path)]) == 0
     assert "tiny activations" in capsys.readouterr().out
 

@@ -23,7 +23,6 @@ from safs_optuna.storage import (
     redact,
     sqlite_path,
     stale_trial_callback,
-    storage_exists,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,10 +42,9 @@ def _journal_mode(path: Path) -> str:
 def test_sqlite_storage_is_wal_in_a_created_folder_with_heartbeats(tmp_path):
     db = tmp_path / "a" / "b" / "x.db"
     url = f"sqlite:///{db}"
-    assert not storage_exists(url)
+    assert not db.exists()
     storage = make_storage(url)
     assert db.parent.is_dir() and db.exists()
-    assert storage_exists(url)
     # WAL is a property of the file: a fresh connection (another process) sees it too.
     assert _journal_mode(db).lower() == "wal"
     assert storage.get_heartbeat_interval() == HEARTBEAT_INTERVAL
@@ -110,12 +108,6 @@ def test_sqlite_path_ignores_the_query_string(tmp_path, monkeypatch):
     make_storage("sqlite:///x.db?timeout=30")
     assert {p.name for p in tmp_path.iterdir()} <= {"x.db", "x.db-wal", "x.db-shm"}
     assert _journal_mode(tmp_path / "x.db").lower() == "wal"
-
-
-def test_storage_exists_for_non_file_urls():
-    # Servers and in-memory databases cannot be checked without connecting: assume they exist.
-    assert storage_exists("postgresql://u@h/db")
-    assert storage_exists("sqlite:///:memory:")
 
 
 def test_in_memory_sqlite_works_and_writes_no_file(tmp_path, monkeypatch):

@@ -102,13 +102,15 @@ class Pipeline:
     """
 
     def __init__(self, cfg: StudyConfig, worker: int = 0, log: Callable[[str], None] | None = None,
-                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD) -> None:
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD,
+                 create: bool = True) -> None:
         self.cfg = cfg
         self.worker = worker
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stages = all_stages(cfg.ablations)
         self.studies = Studies(cfg, self.stages, self._sampler, self._pruner, self._start_params,
-                               heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+                               heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                               create=create)
         self.res = Resources(cfg, lambda name: self.status(name).best_trial)
         self._announced: set[str] = set()
 
@@ -337,7 +339,10 @@ class Pipeline:
     def _finish_once(self, stage: Stage, trial: optuna.Trial, model: nn.Module, result: FitResult,
                      learn_scale: bool, hp: HParams, epochs: int) -> float:
         test = evaluate(model, self.splits.test, device=self.cfg.device)
+        layers = sparsity_report(model).layers
         self._record(trial, model, {"test_accuracy": round(test.accuracy, 4),
+                                    "layer_density": {x.name: [x.total, round(100 * (1 - x.ratio), 3)]
+                                                      for x in layers},
                                     "val_accuracy": round(result.best_val_accuracy, 4),
                                     "best_epoch": result.best_epoch, "epochs": epochs,
                                     "hparams": dataclasses.asdict(hp), "learn_scale": learn_scale})
@@ -486,6 +491,29 @@ class Pipeline:
     def table(self) -> str:
         return markdown_table(self.rows())
 
+    def view_lines(self) -> list[str]:
+        """The live view of this study: one line per stage (see :mod:`safs_optuna.progress`)."""
+        from ..progress import render
+
+        rows = []
+        for stage in self.stages:
+            st = self.status(stage)
+            end = st.ended if st.done else time.time()
+            rows.append((stage.name, st, end - st.started if st.started is not None else None))
+        return render(rows, header=f"{self.cfg.name}:")
+
+    def density_table(self) -> str:
+        """The sparse network's weights and density per layer (from the baseline's trial)."""
+        best = self.column_trials().get("magnitude pruning")
+        layers = best.user_attrs.get("layer_density") if best is not None else None
+        if not layers:
+            return ""
+        sp = self.cfg.sparsity
+        lines = [f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}):", "",
+                 "| layer | weights | kept % |", "|---|---|---|"]
+        lines += [f"| `{name}` | {total} | {kept:.2f} |" for name, (total, kept) in layers.items()]
+        return "\n".join(lines)
+
     def warnings(self) -> list[str]:
         """One line per finished search stage that found nothing."""
         return [st.found_nothing for st in (self.status(s) for s in self.stages) if st.found_nothing]
@@ -501,14 +529,15 @@ class Pipeline:
         model, _ = load_checkpoint(self._checkpoint_of(self._safs_stage().name))
         acts = {site: model.get_submodule(site) for site in sites(model)}
         existing = optuna.artifacts.get_all_artifact_meta(study)
-        note, svg = dashboard_note(self.cfg, self.table(), self.warnings(), acts,
+        table = self.table() + "\n\n" + self.density_table()
+        note, svg = dashboard_note(self.cfg, table, self.warnings(), acts,
                                    existing[0].artifact_id if existing else None, study._study_id)
         if svg is not None:
             path = Path(self.res.tmp.name) / "activations.svg"
             path.write_text(svg)
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.res.artifacts, file_path=str(path),
                                                            study_or_trial=study, mimetype="image/svg+xml")
-            note, _ = dashboard_note(self.cfg, self.table(), self.warnings(), acts, artifact_id, study._study_id)
+            note, _ = dashboard_note(self.cfg, table, self.warnings(), acts, artifact_id, study._study_id)
         optuna_dashboard.save_note(study, note)
 
 

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import StudyConfig, to_dict
 from ..ranking import left_chance, trial_score
-from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, make_storage, redact
+from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, fail_unbeating_trials, make_storage, redact
 from .stages import STAGES, Stage, stage as stage_of
 
 __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", "FIDELITY_ATTR"]
@@ -53,6 +53,8 @@ class StageStatus:
     budget: int
     best_value: float | None
     best_trial: FrozenTrial | None
+    started: float | None = None  # when its first trial started (a timestamp)
+    ended: float | None = None  # when its last trial finished
     epochs: int | None = None  # a search stage's epochs per trial, once known
     epochs_reason: str | None = None
     found_nothing: str | None = None  # a finished search stage that found nothing says why
@@ -82,12 +84,14 @@ class Studies:
                  sampler: Callable[[Stage], optuna.samplers.BaseSampler],
                  pruner: Callable[[Stage], optuna.pruners.BasePruner],
                  start_params: Callable[[Stage], dict[str, Any] | None],
-                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD) -> None:
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD,
+                 create: bool = True) -> None:
         quiet_optuna()
         self.cfg = cfg
         self.stages = stages
         self.grace_period = grace_period
-        self.storage = make_storage(cfg.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        self.storage = make_storage(cfg.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                    create=create)
         self._sampler, self._pruner, self._start_params = sampler, pruner, start_params
         self._studies: dict[str, optuna.Study] = {}
 
@@ -168,8 +172,11 @@ class Studies:
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
 
     def fail_stale(self) -> None:
+        """Fail (and so re-queue) trials whose worker died: silent heartbeats, and trials claimed
+        by a worker that died before its first heartbeat."""
         for study in self._studies.values():
             optuna.storages.fail_stale_trials(study)
+            fail_unbeating_trials(study, self.grace_period)
 
     def settle(self, log: Callable[[str], None]) -> None:
         """Wait until trials left RUNNING by an earlier run are either alive (their heartbeat
@@ -214,9 +221,11 @@ class Studies:
         count = lambda *states: sum(t.state in states for t in trials)  # noqa: E731
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: (trial_score(t), -t.number)) if complete else None
+        starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
+        ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
         st = StageStatus(stage, True, count(*FINISHED), count(TrialState.RUNNING),
                          count(TrialState.WAITING), count(TrialState.FAIL), self.budget(stage),
-                         best.value if best else None, best)
+                         best.value if best else None, best, min(starts, default=None), max(ends, default=None))
         if stage.kind == "search":
             configured = self.configured_epochs(stage)
             st.epochs = int(configured) if configured != "auto" else study.user_attrs.get(FIDELITY_ATTR)
