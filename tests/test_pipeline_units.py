@@ -168,3 +168,48 @@ def test_a_changed_config_is_refused_but_budgets_may_grow(cfg, tmp_path):
     changed.write_text(changed.read_text().replace("ratio = 0.99", "ratio = 0.9"))
     with pytest.raises(PipelineError, match=r"sparsity\.ratio: stored 0\.99, config 0\.9"):
         Pipeline(load_config(changed), log=lambda msg: None).prepare_studies()
+
+
+# ----------------------------------------------------------------- a search that found nothing
+def _add(study, accs, start=False, state=TrialState.COMPLETE, op="relu"):
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    attrs = {"chance_accuracy": 10.0, "val_size": 1000, "val_loss": [2.3] * len(accs)}
+    if start:
+        attrs["start"] = True
+    study.add_trial(create_trial(
+        state=state, value=max(accs) if state == TrialState.COMPLETE else None,
+        params={"0.left": op}, distributions={"0.left": CategoricalDistribution(["relu", "gelu", "elu"])},
+        intermediate_values=dict(enumerate(accs)), user_attrs=attrs))
+
+
+@pytest.mark.parametrize("curves, says", [
+    ([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]], "all 3 trials stayed at chance level; they need more epochs"),
+    ([[10.0, 30.0], [10.0, 20.0], [10.0, 25.0]], "found nothing better than its start point (trial 1)"),
+    ([[10.0, 20.0], [10.0, 30.0], [10.0, 25.0]], None),
+])
+def test_a_finished_search_says_when_it_found_nothing(cfg, curves, says, capsys):
+    from safs_optuna.cli import main
+
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    study = pipe.study("activations")
+    for trial in study.get_trials(deepcopy=False):  # the queued start point: replaced by hand-made ones
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    for i, accs in enumerate(curves):
+        _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
+    st = pipe.status("activations")
+    assert st.done
+    if says is None:
+        assert st.found_nothing is None and pipe.warnings() == []
+        return
+    assert says in st.found_nothing and "--set activations." in st.found_nothing
+    assert pipe.warnings() == [st.found_nothing]
+    assert main(["status", str(cfg.path)]) == 0
+    out = capsys.readouterr().out
+    assert "NOTHING" in out and f"WARNING {st.found_nothing}" in out
+    from safs_optuna.report import dashboard_note
+
+    note, _ = dashboard_note(cfg, "table", pipe.warnings(), {}, "plot", 1)
+    assert f"**Warning:** {st.found_nothing}" in note

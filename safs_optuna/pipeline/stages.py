@@ -44,7 +44,6 @@ class Stage:
         learn_scale: Whether α and β are learned: ``True``/``False``, or ``None`` to take it from
             the protocol (the winner's, or the trial's draw from ``[hpo.space] learn_scale``).
         column: The report column this stage fills (test accuracy of its trial).
-        knob: For a search that found nothing: which config key to raise.
     """
 
     name: str
@@ -58,7 +57,6 @@ class Stage:
     protocol_from: str | None = None
     learn_scale: bool | None = False
     column: str | None = None
-    knob: str = ""
 
 
 # Order is priority: a free worker takes the first stage with work it can claim, so the
@@ -66,14 +64,13 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("dense", "once", body="dense", column="dense"),
     Stage("baseline", "once", ("dense",), column="magnitude pruning"),
-    Stage("activations", "search", ("dense",), body="search", section="activations", searches="trees",
-          knob="activations.epochs"),
+    Stage("activations", "search", ("dense",), body="search", section="activations", searches="trees"),
     Stage("hpo", "search", ("activations",), body="search", section="hpo", searches="protocol",
-          trees_from="activations", learn_scale=None, knob="hpo.trials"),
+          trees_from="activations", learn_scale=None),
     Stage("final", "once", ("hpo",), trees_from="activations", protocol_from="hpo", learn_scale=None,
           column="SAFS"),
     Stage("hpo-relu", "search", ("dense",), ablation=True, body="search", section="hpo",
-          searches="protocol", learn_scale=True, knob="hpo.trials"),
+          searches="protocol", learn_scale=True),
     Stage("stage1", "once", ("activations",), ablation=True, trees_from="activations", column="stage 1"),
     Stage("stage2", "once", ("hpo-relu",), ablation=True, protocol_from="hpo-relu", learn_scale=True,
           column="stage 2"),

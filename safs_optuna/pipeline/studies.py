@@ -239,17 +239,17 @@ class Studies:
         """Why a finished search found nothing, with the knob to turn; None when it found something."""
         finished = [t for t in trials if t.state in FINISHED]
         moved = [t for t in finished if t.state == TrialState.COMPLETE and left_chance(t)]
-        now = f" (now {epochs})" if epochs is not None and stage.knob.endswith("epochs") else ""
-        knob = f"--set {stage.knob}=…{now}"
+        longer = f"--set {stage.section}.epochs=…" + (f" (now {epochs})" if epochs is not None else "")
+        more = f"--set {stage.section}.trials=… (now {self.budget(stage)})"
         if best is None:
             return (f"{stage.name}: found nothing — every one of its {len(finished)} trials was pruned; "
-                    f"the likely cause is a fidelity too short to tell them apart: try {knob}")
+                    f"the likely cause is a fidelity too short to tell them apart: try {longer}")
         if not moved:
             return (f"{stage.name}: found nothing — all {len(finished)} trials stayed at chance level; "
-                    f"candidates need more epochs to revive the sparse network: try {knob}")
+                    f"they need more epochs to revive the sparse network: try {longer}")
         if best.user_attrs.get(START_ATTR):
             return (f"{stage.name}: found nothing better than its start point (trial {best.number}); "
-                    f"try {knob}")
+                    f"search longer with {more}, or train each trial longer with {longer}")
         return None
 
 
