@@ -11,8 +11,9 @@ Variants:
 
 * ``before``: the search as it was before candidates were compared by their learning curves:
   2 epochs per candidate and a pruner that stops any candidate at chance level for 2 epochs. It
-  runs the package of another checkout (``--before-checkout``, e.g. a ``git worktree`` of the
-  commit before that change) when given, else today's package with those settings.
+  runs the package and ``studies/quickstart.toml`` of another checkout (``--before-checkout``,
+  e.g. a ``git worktree`` of the commit before that change) when given, else today's package
+  with those settings.
 * ``safs``, ``compact``, ``core``: today's defaults ("auto" epochs, the incumbent-relative
   pruner) with that activation-space preset (``safs``: unary only, the paper's; ``compact`` and
   ``core``: binary trees) — the same budgets and seeds, so the presets compare fairly.
@@ -47,9 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "studies" / "quickstart.toml"
 STAGES = ("baseline", "stage1", "stage2", "final")
 HEADERS = ("magnitude pruning", "stage 1", "stage 2", "SAFS")
+BEFORE_SETTINGS = ["activations.epochs=2", 'activations.pruner="divergence"', 'activations.preset="safs"',
+                   "hpo.space.learn_scale=[true, false]", 'hpo.pruner="divergence+hyperband"']
 VARIANTS = {
-    "before": ["activations.epochs=2", 'activations.pruner="divergence"', 'activations.preset="safs"',
-               "hpo.space.learn_scale=[true, false]"],
+    "before": [],  # the earlier checkout's own studies/quickstart.toml, else these settings:
     "safs": ['activations.preset="safs"'],
     "compact": ['activations.preset="compact"'],
     "core": ['activations.preset="core"'],
@@ -76,9 +78,13 @@ def _run(workdir: Path, dataset: str, variant: str, seed: int, overrides: list[s
     done = workdir / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
-    sets = overrides + VARIANTS[variant] + [f"seed={seed}", f'name="{name}"',
-                                           f'artifacts="{workdir / (name + ".artifacts")}"']
-    cmd = [sys.executable, "-m", "safs_optuna.cli", "run", str(CONFIG), "--storage", f"sqlite:///{db}",
+    config = CONFIG
+    extra = VARIANTS[variant]
+    if variant == "before":
+        old = Path(before) / "studies" / "quickstart.toml" if before else None
+        config, extra = (old, []) if old is not None and old.exists() else (CONFIG, BEFORE_SETTINGS)
+    sets = overrides + extra + [f"seed={seed}", f'name="{name}"', f'artifacts="{workdir / (name + ".artifacts")}"']
+    cmd = [sys.executable, "-m", "safs_optuna.cli", "run", str(config), "--storage", f"sqlite:///{db}",
            "--threads", "1", "--device", device]
     for s in sets:
         cmd += ["--set", s]
