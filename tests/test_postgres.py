@@ -1,6 +1,6 @@
 """A PostgreSQL URL works unchanged: storage, heartbeats, the whole pipeline with workers, and
 passwords never shown. The server is a throwaway one started by the ``postgres_server`` fixture
-(tests/conftest.py); these tests fail, never skip, when it cannot be started."""
+(tests/pg_server.py); these tests fail, never skip, when it cannot be started."""
 
 from __future__ import annotations
 
