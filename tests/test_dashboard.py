@@ -7,6 +7,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from safs_optuna.config import load_config
 from safs_optuna.pipeline import Pipeline
 
@@ -19,6 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_stages(tmp_path):
     path = write_config(tmp_path)
     Pipeline(load_config(path)).prepare_studies()  # studies exist; nothing trained

@@ -7,6 +7,7 @@ would run a "once" stage or a retried trial several times; make_storage prevents
 import multiprocessing as mp
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from safs_optuna.storage import make_storage
@@ -25,6 +26,7 @@ def _claim(url: str, trial_ids: list[int], barrier, results) -> None:
         results.put((trial_id, won))
 
 
+@pytest.mark.slow
 def test_one_waiting_trial_is_claimed_by_exactly_one_process(tmp_path):
     url = f"sqlite:///{tmp_path / 'claims.db'}"
     study = optuna.create_study(storage=make_storage(url))
