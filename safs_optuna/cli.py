@@ -20,11 +20,6 @@ else:  # pragma: no cover - Python 3.10
 
 from . import __version__
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 EXIT_USAGE = 2
 
 

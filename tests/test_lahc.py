@@ -142,7 +142,9 @@ def test_killed_trial_retry_continues_the_same_chain(tmp_path: Any) -> None:
     study._storage.set_trial_state_values(killed._trial_id, TrialState.FAIL)  # what heartbeat does
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+        # Optuna 4.9 renamed RetryFailedTrialCallback; both re-queue the trial the same way.
+        retry_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        retry = (retry_class or optuna.storages.RetryFailedTrialCallback)()
     retry(study, study._storage.get_trial(killed._trial_id))
     run(study, 7)
     states = [t.state for t in study.trials]
