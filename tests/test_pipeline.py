@@ -276,3 +276,35 @@ def test_two_seeds_report_mean_and_sd(tmp_path):
     assert f"{mean:.2f} ± {sd:.2f}" in row.split("|")[5]  # the SAFS column
     status = _cli("status", str(path), "--seeds", "1")
     assert "tiny/seed1" in status.stdout and "tiny/seed0" not in status.stdout
+
+
+def test_a_new_stage1_winner_reruns_what_used_the_old_one(tmp_path):
+    from optuna.trial import TrialState, create_trial
+
+    path = write_config(tmp_path)
+    assert _cli("run", str(path)).returncode == 0
+    cfg = load_config(path)
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    old = pipe.status("activations").best_trial
+    # A user grows the search and it finds a better set of activations after stage 2 used the old one.
+    study = optuna.load_study(study_name="tiny/activations", storage=cfg.storage)
+    params = {k: ("tanh" if v != "tanh" else "elu") for k, v in old.params.items()}
+    study.add_trial(create_trial(
+        state=TrialState.COMPLETE, value=90.0, params=params, distributions=old.distributions,
+        intermediate_values={0: 90.0}, user_attrs={**old.user_attrs, "val_loss": [0.1], "start": False}))
+    grown = _cli("run", str(path), "--set", "activations.trials=4")
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    new = Pipeline(cfg, log=lambda msg: None)
+    winner = new.status("activations").best_trial
+    assert winner.number != old.number and winner.params == params
+    hpo = new.status("hpo")
+    assert hpo.done and hpo.superseded == 3  # the earlier stage-2 trials are kept, not counted
+    assert hpo.best_trial.user_attrs["inputs"] == {"activations": winner.number}
+    final = new.status("final").best_trial
+    assert final.user_attrs["inputs"] == {"activations": winner.number, "hpo": hpo.best_trial.number}
+    assert new.status("stage1").best_trial.user_attrs["inputs"] == {"activations": winner.number}
+    assert len([t for t in _trials(cfg, "final") if t.state == TrialState.COMPLETE]) == 2
+    # the report's columns all come from the new winners
+    row = new.row()
+    assert row.values[4] == final.user_attrs["test_accuracy"]
+    assert row.values[2] == new.status("stage1").best_trial.user_attrs["test_accuracy"]

@@ -35,7 +35,7 @@ from ..training import Diverged, EpochStats, FitResult, HParams, evaluate, fit, 
 from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
 from .resources import Resources
 from .stages import COLUMN_STAGES, STAGES, Stage, stage as stage_of
-from .studies import START_ATTR, PipelineError, StageStatus, Studies, all_stages
+from .studies import INPUTS_ATTR, START_ATTR, PipelineError, StageStatus, Studies, all_stages
 
 __all__ = ["Pipeline", "work_all", "POLL_SECONDS", "AUTO_FLOOR"]
 
@@ -213,6 +213,9 @@ class Pipeline:
             # Every stage's needs are enabled whenever it is (ablations need only core stages).
             if not all(self.is_done(n) for n in stage.needs):
                 continue
+            if self.studies.requeue_if_superseded(stage):
+                self.log(f"{stage.name}: its inputs changed ({self.studies.inputs(stage)}); running it again")
+                st = self.status(stage)
             if stage.kind == "once" and self._run_once(stage, st):
                 return pending, True
             if stage.kind == "search" and self._run_search_trial(stage, st):
@@ -381,6 +384,7 @@ class Pipeline:
                                 f"({self.res.arch}): {exc}") from exc
 
     def _finetune(self, stage: Stage, trial: optuna.Trial) -> float:
+        trial.set_user_attr(INPUTS_ATTR, self.studies.inputs(stage))
         hp, learn = self._protocol(stage)
         model = self.res.fresh(self._trees(stage), learn)
         epochs = self.cfg.final.epochs
@@ -401,8 +405,7 @@ class Pipeline:
             hp, learn = suggest_hparams(trial, self.cfg.hpo.space, self.cfg.protocol.hparams(),
                                         learn_scale=stage.learn_scale)
             model = self.res.fresh(self._trees(stage), learn_scale=learn)
-            if stage.trees_from:
-                trial.set_user_attr("trees_from", self._winner_id(stage.trees_from))
+        trial.set_user_attr(INPUTS_ATTR, self.studies.inputs(stage))
         self._record(trial, model)
         section = getattr(self.cfg, stage.section)
         epochs, until = self._trial_epochs(stage, trial)
@@ -423,10 +426,6 @@ class Pipeline:
         shown = max(result.best_val_accuracy, best) if best is not None else result.best_val_accuracy
         self.log(f"{label} done: val {result.best_val_accuracy:.2f}% (best so far {shown:.2f}%)")
         return result.best_val_accuracy
-
-    def _winner_id(self, stage_name: str) -> int | None:
-        best = self._winner(stage_name)
-        return best.number if best is not None else None
 
     def _trial_epochs(self, stage: Stage, trial: optuna.Trial
                       ) -> tuple[int, Callable[[Sequence[EpochStats]], bool] | None]:

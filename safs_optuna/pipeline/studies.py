@@ -32,6 +32,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # What may change between runs of one study without invalidating what is stored.
 RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "path")
 START_ATTR = "start"  # user attr of a search stage's start trial
+INPUTS_ATTR = "inputs"  # user attr: the upstream winners a trial ran with, {stage: trial number}
 FIDELITY_ATTR = "epochs"  # study user attr: epochs per trial of a search stage, once known
 FIDELITY_WHY_ATTR = "epochs_reason"
 
@@ -58,6 +59,7 @@ class StageStatus:
     epochs: int | None = None  # a search stage's epochs per trial, once known
     epochs_reason: str | None = None
     found_nothing: str | None = None  # a finished search stage that found nothing says why
+    superseded: int = 0  # finished trials that ran with upstream winners that are no longer the winners
 
     @property
     def done(self) -> bool:
@@ -218,6 +220,13 @@ class Studies:
         except KeyError:
             return StageStatus(stage, False, 0, 0, 0, 0, self.budget(stage), None, None)
         trials = study.get_trials(deepcopy=False)
+        # Trials that ran with other upstream winners (a search stage grew and found a better one
+        # after this stage used it) are kept but no longer count: the stage runs again for the new ones.
+        inputs = self.inputs(stage)
+        current = [t for t in trials if not t.state.is_finished()
+                   or t.user_attrs.get(INPUTS_ATTR, inputs) == inputs]
+        superseded = sum(1 for t in trials if t.state in FINISHED) - sum(1 for t in current if t.state in FINISHED)
+        trials = current
         count = lambda *states: sum(t.state in states for t in trials)  # noqa: E731
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: (trial_score(t), -t.number)) if complete else None
@@ -226,6 +235,7 @@ class Studies:
         st = StageStatus(stage, True, count(*FINISHED), count(TrialState.RUNNING),
                          count(TrialState.WAITING), count(TrialState.FAIL), self.budget(stage),
                          best.value if best else None, best, min(starts, default=None), max(ends, default=None))
+        st.superseded = superseded
         if stage.kind == "search":
             configured = self.configured_epochs(stage)
             st.epochs = int(configured) if configured != "auto" else study.user_attrs.get(FIDELITY_ATTR)
@@ -233,6 +243,31 @@ class Studies:
             if st.done:
                 st.found_nothing = self._found_nothing(stage, trials, best, st.epochs)
         return st
+
+    def inputs(self, stage: Stage) -> dict[str, int]:
+        """The current winners of the stages whose results ``stage`` uses, by trial number."""
+        out: dict[str, int] = {}
+        for up in dict.fromkeys(u for u in (stage.trees_from, stage.protocol_from) if u):
+            best = self.status(up).best_trial
+            if best is not None:
+                out[up] = best.number
+        return out
+
+    def requeue_if_superseded(self, stage: Stage) -> bool:
+        """Queue a new first trial for a stage whose every finished trial used superseded upstream
+        winners (its earlier results stay in the study); True when one was queued."""
+        st = self.status(stage)
+        if not st.superseded or st.finished or st.running or st.waiting:
+            return False
+        study = self.study(stage)
+        if stage.kind == "once":
+            study.enqueue_trial({})
+            return True
+        params = self._start_params(stage)
+        if params is None:
+            return False
+        study.enqueue_trial(params, user_attrs={START_ATTR: True})
+        return True
 
     def _found_nothing(self, stage: Stage, trials: list[FrozenTrial], best: FrozenTrial | None,
                        epochs: int | None) -> str | None:
