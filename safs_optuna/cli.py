@@ -174,6 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipes = [_pipeline(c, log=log) for c in cfgs]
     for pipe in pipes:
         pipe.prepare_studies(rearm=True)
+        for name in args.rerun or []:
+            pipe.rerun(name)
     for pipe in pipes:
         pipe.settle()
     start = time.time()
@@ -210,6 +212,10 @@ def _spawn_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) 
                 p.kill()
         raise
     failed = [i + 1 for i, c in enumerate(codes) if c != 0]
+    if len(failed) == len(procs):
+        where = f"see {logfile.name}" if logfile else "see above"
+        raise UserError(f"every worker stopped with an error ({where}); fix the cause and run the same "
+                        "command again to resume")
     pending = [f"{pipe.cfg.name}/{stage.name}" for pipe in pipes for stage in pipe.stages
                if not pipe.status(stage).done]
     if failed and not pending:
@@ -333,7 +339,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import export_program, load_checkpoint, program_accuracy
+    from .checkpoint import export_program, program_accuracy
     from .sparsity import finalize, sparsity_report
 
     cfgs = _configs(args)
@@ -347,7 +353,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--stage {args.stage!r} is not a stage with a model; valid: {valid}", EXIT_USAGE)
     if not pipe.status(stage).done:
         raise UserError(f"stage {args.stage!r} of {cfg.name} has not finished; see `safs-optuna status`")
-    model, _ = load_checkpoint(pipe._checkpoint_of(args.stage))
+    model, _ = pipe.res.load(args.stage)
     model = finalize(model).eval()
     test = pipe.splits.test
     example = test.tensors[0][:4]
@@ -395,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--rerun", action="append", metavar="STAGE",
+                   help="run a finished once-stage again (e.g. its checkpoint was lost); repeatable")
     p.add_argument("--verbose", action="store_true",
                    help="print every worker's per-epoch lines instead of the live stage view")
     p.set_defaults(func=cmd_run)

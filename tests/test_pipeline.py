@@ -308,3 +308,22 @@ def test_a_new_stage1_winner_reruns_what_used_the_old_one(tmp_path):
     row = new.row()
     assert row.values[4] == final.user_attrs["test_accuracy"]
     assert row.values[2] == new.status("stage1").best_trial.user_attrs["test_accuracy"]
+
+
+def test_a_lost_checkpoint_names_the_stage_and_rerun_restores_it(tmp_path):
+    path = write_config(tmp_path)
+    assert _cli("run", str(path)).returncode == 0
+    cfg = load_config(path)
+    final = [t for t in _trials(cfg, "final") if t.state.name == "COMPLETE"][0]
+    artifact = Path(cfg.artifacts) / final.user_attrs["checkpoint"]
+    artifact.unlink()
+    proc = _cli("export", str(path), str(tmp_path / "m.pt2"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "stage 'final'" in line and "--rerun final" in line
+    rerun = _cli("run", str(path), "--rerun", "final")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len([t for t in _trials(cfg, "final") if t.state.name == "COMPLETE"]) == 2
+    assert _cli("export", str(path), str(tmp_path / "m.pt2")).returncode == 0
+    bad = _cli("run", str(path), "--rerun", "activations")
+    assert bad.returncode == 1 and "not a stage that runs once; valid: dense, baseline" in bad.stderr

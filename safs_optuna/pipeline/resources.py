@@ -97,23 +97,40 @@ class Resources:
 
     def checkpoint_of(self, stage_name: str) -> Path:
         """Download (once per worker) the checkpoint that a finished "once" stage stored."""
+        from .studies import PipelineError
+
         dest = Path(self.tmp.name) / f"{stage_name}.pt"
         if not dest.exists():
             best = self._best_trial(stage_name)
             if best is None:
-                from .studies import PipelineError
-
                 raise PipelineError(f"stage {stage_name!r} has no finished trial yet")
             artifact_id = best.user_attrs["checkpoint"]
-            optuna.artifacts.download_artifact(artifact_store=self.artifacts, artifact_id=artifact_id,
-                                               file_path=str(dest))
+            try:
+                optuna.artifacts.download_artifact(artifact_store=self.artifacts, artifact_id=artifact_id,
+                                                   file_path=str(dest))
+            except Exception as exc:  # the store raises different types for a missing file
+                raise PipelineError(
+                    f"the checkpoint of stage {stage_name!r} (artifact {artifact_id} in {self.cfg.artifacts}) "
+                    f"cannot be read ({type(exc).__name__}); restore that folder, or run the stage again "
+                    f"with `safs-optuna run {self.cfg.path or 'CONFIG'} --rerun {stage_name}`") from None
         return dest
+
+    def load(self, stage_name: str) -> tuple[nn.Module, dict[str, Any]]:
+        """The model a finished "once" stage stored; a damaged file names the stage and the fix."""
+        from ..checkpoint import CheckpointError
+        from .studies import PipelineError
+
+        try:
+            return load_checkpoint(self.checkpoint_of(stage_name))
+        except CheckpointError as exc:
+            raise PipelineError(f"stage {stage_name!r}: {exc}; run the stage again with "
+                                f"`safs-optuna run {self.cfg.path or 'CONFIG'} --rerun {stage_name}`") from None
 
     @property
     def sparse_model(self) -> nn.Module:
         """The dense weights with the config's sparsity: the start of every fine-tune (copied)."""
         if self._sparse is None:
-            model, _ = load_checkpoint(self.checkpoint_of("dense"))
+            model, _ = self.load("dense")
             sp = self.cfg.sparsity
             magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip)
             self._sparse = model

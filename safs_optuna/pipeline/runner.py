@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ..activation import OperatorTree
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import StudyConfig
 from ..models import build_model, make_searchable, sites
 from ..pruners import DivergencePruner, IncumbentPruner
@@ -221,6 +221,18 @@ class Pipeline:
             if stage.kind == "search" and self._run_search_trial(stage, st):
                 return pending, True
         return pending, False
+
+    def rerun(self, name: str) -> None:
+        """Queue a "once" stage to run again (e.g. its checkpoint was lost); its earlier trials
+        stay in the study, and the new trial's result is the stage's from then on."""
+        stage = next((s for s in self.stages if s.name == name and s.kind == "once"), None)
+        if stage is None:
+            valid = ", ".join(s.name for s in self.stages if s.kind == "once")
+            raise PipelineError(f"--rerun {name!r}: not a stage that runs once; valid: {valid}")
+        st = self.status(stage)
+        if not (st.waiting or st.running):
+            self.study(stage).enqueue_trial({})
+        self.log(f"{name}: queued to run again")
 
     def _announce(self, st: StageStatus) -> None:
         """Say once per worker that a finished search found nothing, naming the knob."""
@@ -525,7 +537,7 @@ class Pipeline:
         import optuna_dashboard
 
         study = self.study(self._safs_stage())
-        model, _ = load_checkpoint(self._checkpoint_of(self._safs_stage().name))
+        model, _ = self.res.load(self._safs_stage().name)
         acts = {site: model.get_submodule(site) for site in sites(model)}
         existing = optuna.artifacts.get_all_artifact_meta(study)
         table = self.table() + "\n\n" + self.density_table()

@@ -63,9 +63,9 @@ class StageStatus:
 
     @property
     def done(self) -> bool:
-        return self.exists and self.finished >= self.budget and (
-            self.stage.kind == "search" or self.best_trial is not None
-        )
+        if self.stage.kind == "once":  # a queued or running re-run is not done yet
+            return self.exists and self.best_trial is not None and not (self.waiting or self.running)
+        return self.exists and self.finished >= self.budget
 
 
 def quiet_optuna() -> None:
@@ -229,7 +229,10 @@ class Studies:
         trials = current
         count = lambda *states: sum(t.state in states for t in trials)  # noqa: E731
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: (trial_score(t), -t.number)) if complete else None
+        if stage.kind == "once":  # run again (--rerun, new inputs): the latest run is the result
+            best = max(complete, key=lambda t: t.number) if complete else None
+        else:
+            best = max(complete, key=lambda t: (trial_score(t), -t.number)) if complete else None
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
         ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
         st = StageStatus(stage, True, count(*FINISHED), count(TrialState.RUNNING),
