@@ -10,8 +10,8 @@ The machine is shared and noisy, so a step is timed in CPU time of the benchmark
 does not count the time spent waiting for a shared core, and candidates are interleaved: every
 round times every candidate once (in a fresh random order), and a candidate's number is the
 median over rounds of its mean step time in that round. ``--before REF`` also times the operators as they were at git commit
-REF (its ``safs_optuna/operators.py``), interleaved with the current ones, so that before and
-after are measured under the same load.
+REF (its ``safs_optuna/operators.py``, or an operators file), interleaved with the current ones,
+so that before and after are measured under the same load.
 
 Writes benchmarks/results/speed.md (``--out``).
 
@@ -109,12 +109,16 @@ def time_rounds(cands: list[Candidate], repeats: int, steps: int, warmup: int, s
 
 
 def load_operators(ref: str) -> types.ModuleType:
-    """``safs_optuna/operators.py`` as it was at git commit ``ref``, as a separate module."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:safs_optuna/operators.py"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    name = f"_operators_at_{ref.replace('/', '_').replace('~', '_').replace('^', '_')}"
+    """An operators module as a separate module: a file path, or the git commit ``ref``'s
+    ``safs_optuna/operators.py``."""
+    if Path(ref).is_file():
+        source = Path(ref).read_text()
+    else:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:safs_optuna/operators.py"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    name = "_operators_before"
     module = types.ModuleType(name)
     sys.modules[name] = module  # dataclasses looks the module up while building Operator
     exec(compile(source, f"{ref}:safs_optuna/operators.py", "exec"), module.__dict__)
@@ -226,7 +230,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per candidate and round")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each timing")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--before", metavar="REF", help="also time the operators of git commit REF")
+    ap.add_argument("--before", metavar="REF",
+                    help="also time other operators: a git commit (its safs_optuna/operators.py) or a file")
     ap.add_argument("--trees", nargs="*", help="only these formulas (relu(x) is always timed)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
     args = ap.parse_args()

@@ -98,10 +98,13 @@ def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor
     return function.apply(*args)
 
 
-def _sigmoid_log(x: Tensor) -> Tensor:
-    """log σ(|x|) = -log(1 + exp(-|x|)), in (-log 2, 0]: the smooth part of softplus and logsigmoid."""
-    # log of a sigmoid in [0.5, 1] instead of log1p(exp(-|x|)): log1p is the slow kernel.
-    return torch.log(torch.sigmoid(torch.abs(x)))
+def _log_sigmoid_abs(s: Tensor) -> Tensor:
+    """log σ(|x|) = -log(1 + exp(-|x|)) from s = σ(x): the smooth part of softplus and logsigmoid."""
+    # σ(|x|) = max(σ(x), 1 - σ(x)) lies in [0.5, 1], so its log is safe; log of it rather than
+    # log1p(exp(-|x|)): log1p is one of the slow kernels.
+    # max(s, 1 - s) = 0.5 + |s - 0.5|, in place on one buffer: every fresh feature-map-sized
+    # tensor costs page faults on CPU.
+    return (s - 0.5).abs_().add_(0.5).log_()
 
 
 # Each Function below computes its value with a module-level ``_<name>_value`` that returns the
@@ -110,7 +113,7 @@ def _sigmoid_log(x: Tensor) -> Tensor:
 
 def _tanh_value(x: Tensor) -> Tensor:
     # tanh(x) = 2σ(2x) - 1: sigmoid is one of the fastest CPU kernels, torch.tanh one of the slowest.
-    return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+    return (x * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
 class _Tanh(torch.autograd.Function):
@@ -127,38 +130,44 @@ class _Tanh(torch.autograd.Function):
         return _aten.tanh_backward(g, y)
 
 
-def _softplus_value(x: Tensor) -> Tensor:
-    return torch.relu(x).sub_(_sigmoid_log(x))
+def _softplus_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(softplus(x), σ(x)); softplus(x) = relu(x) - log σ(|x|) and softplus' = σ."""
+    s = torch.sigmoid(x)
+    return torch.relu(x).sub_(_log_sigmoid_abs(s)), s
 
 
 class _Softplus(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _softplus_value(x)
+        y, s = _softplus_parts(x)
+        ctx.save_for_backward(s)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.sigmoid(x)
+        (s,) = ctx.saved_tensors
+        return g * s
 
 
-def _logsigmoid_value(x: Tensor) -> Tensor:
-    return torch.clamp(x, max=0.0).add_(_sigmoid_log(x))
+def _logsigmoid_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(log σ(x), σ(x)); log σ(x) = min(x, 0) + log σ(|x|) and its slope is 1 - σ(x)."""
+    s = torch.sigmoid(x)
+    return torch.clamp(x, max=0.0).add_(_log_sigmoid_abs(s)), s
 
 
 class _LogSigmoid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _logsigmoid_value(x)
+        y, s = _logsigmoid_parts(x)
+        ctx.save_for_backward(s)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.sigmoid(-x)
+        (s,) = ctx.saved_tensors
+        return torch.addcmul(g, g, s, value=-1.0)  # g (1 - σ(x))
 
 
 def _elu_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -456,12 +465,12 @@ def tanh(x: Tensor) -> Tensor:
 
 def softplus(x: Tensor) -> Tensor:
     """log(1 + exp(x))."""
-    return _custom(_Softplus, _softplus_value, x)
+    return _custom(_Softplus, lambda t: _softplus_parts(t)[0], x)
 
 
 def logsigmoid(x: Tensor) -> Tensor:
     """log σ(x)."""
-    return _custom(_LogSigmoid, _logsigmoid_value, x)
+    return _custom(_LogSigmoid, lambda t: _logsigmoid_parts(t)[0], x)
 
 
 def elu(x: Tensor) -> Tensor:
@@ -658,7 +667,7 @@ def _acon_parts(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor
     u = x * (p1 - p2)
     z = u * beta
     s = torch.sigmoid(z)
-    return torch.addcmul(x * p2, u, s), u, z, s
+    return (x * p2).addcmul_(u, s), u, z, s
 
 
 class _ACON(torch.autograd.Function):
@@ -674,10 +683,10 @@ class _ACON(torch.autograd.Function):
         x, p1, p2, u, z, s = ctx.saved_tensors
         # y = u σ(βu) + p2 x with u = (p1 - p2) x: dy/du = silu'(βu), dy/dβ = u² σ'(βu).
         h = _aten.silu_backward(g, z)
-        gx = torch.addcmul(g * p2, h, p1 - p2)
+        gx = (g * p2).addcmul_(h, p1 - p2)
         gp1 = _dot(h, x)
         gp2 = _dot(g, x) - gp1
-        gbeta = _dot(_aten.sigmoid_backward(g, s), u * u)
+        gbeta = _dot(_aten.sigmoid_backward(g, s).mul_(u), u)
         return gx, gp1, gp2, gbeta
 
 
@@ -700,10 +709,14 @@ class ACON(nn.Module):
 
 def _srs_parts(x: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
     """y = x / max(x/α + exp(min(-x/β, 60)), eps) and the tensors its backward needs."""
-    q = x * (-1.0 / beta)  # -x/β
-    e = torch.exp(torch.clamp(q, max=_SRS_EXP_CLAMP))
-    den = e + x / alpha
-    r = torch.reciprocal(torch.clamp(den, min=_SRS_EPS))
+    # Divisions as in the formula, not products with reciprocals: where x/α and exp(-x/β) nearly
+    # cancel (small α), the rounding of den decides y, so it is kept the textbook one.
+    # In place where a buffer is not needed again: every fresh feature-map-sized tensor costs
+    # page faults on CPU.
+    q = x / -beta
+    e = torch.clamp(q, max=_SRS_EXP_CLAMP).exp_()
+    den = (x / alpha).add_(e)
+    r = torch.clamp(den, min=_SRS_EPS).reciprocal_()
     return x * r, q, e, den, r
 
 
@@ -722,12 +735,13 @@ class _SRS(torch.autograd.Function):
         # dy/dx = (1 - y dD/dx) / D, dD/dx = 1/α - e/β; dy/dα = y² / α², dy/dβ = -y² e / β²,
         # each 0 where a clamp is active (e where -x/β >= 60, D where den <= eps).
         e = _aten.hardtanh_backward(e, q, -math.inf, _SRS_EXP_CLAMP)
-        slope = torch.mul(e, -1.0 / beta).add_(1.0 / alpha)
-        slope = _aten.threshold_backward(slope, den, _SRS_EPS)
-        gx = torch.mul(y, slope).neg_().add_(1.0).mul_(r).mul_(g)
-        gy2 = _aten.threshold_backward(g * y * y, den, _SRS_EPS)
+        gy2 = _aten.threshold_backward(torch.square(y).mul_(g), den, _SRS_EPS)
         galpha = gy2.sum() / (alpha * alpha)
         gbeta = -_dot(gy2, e) / (beta * beta)
+        gr = g * r
+        # g r (1 - y dD/dx) with dD/dx = (1/α - e/β) where den > eps, else 0.
+        t = e.mul_(-torch.reciprocal(beta)).add_(torch.reciprocal(alpha)).mul_(y).mul_(gr)
+        gx = gr.sub_(_aten.threshold_backward(t, den, _SRS_EPS))
         return gx, galpha, gbeta
 
 
@@ -750,26 +764,27 @@ class SRS(nn.Module):
         return _custom(_SRS, lambda *a: _srs_parts(*a)[0], x, alpha, beta)
 
 
-def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    t = _tanh_value(x * alpha)
-    sp = _softplus_value(x)
-    return t * sp, t, sp
+def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(tanh(αx)·softplus(x), tanh(αx), softplus(x), σ(x))."""
+    t = (x * (alpha * 2.0)).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(αx), as _tanh_value
+    sp, s = _softplus_parts(x)
+    return t * sp, t, sp, s
 
 
 class _TanhSoft1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha):
-        y, t, sp = _tanhsoft1_parts(x, alpha)
-        ctx.save_for_backward(x, alpha, t, sp)
+        y, t, sp, s = _tanhsoft1_parts(x, alpha)
+        ctx.save_for_backward(x, alpha, t, sp, s)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        x, alpha, t, sp = ctx.saved_tensors
+        x, alpha, t, sp, s = ctx.saved_tensors
         # y = tanh(αx) softplus(x): dy/d(αx) = (1 - t²) sp, softplus' = σ.
         q = _aten.tanh_backward(g * sp, t)
-        gx = torch.sigmoid(x).mul_(t).mul_(g).add_(q * alpha)
+        gx = torch.mul(s, t).mul_(g).addcmul_(q, alpha)
         galpha = _dot(q, x) if ctx.needs_input_grad[1] else None
         return gx, galpha
 
