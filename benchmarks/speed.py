@@ -9,9 +9,10 @@ The machine is shared and noisy, so a step is timed in CPU time of the benchmark
 (``time.thread_time``; with one torch thread the whole step, backward included, runs on it), which
 does not count the time spent waiting for a shared core, and candidates are interleaved: every
 round times every candidate once (in a fresh random order), and a candidate's number is the
-median over rounds of its mean step time in that round. ``--before REF`` also times the operators as they were at git commit
-REF (its ``safs_optuna/operators.py``, or an operators file), interleaved with the current ones,
-so that before and after are measured under the same load.
+median over rounds of its mean step time in that round. ``--before REF`` also times the
+operators as they were at git commit REF (its ``safs_optuna/operators.py``, or an operators
+file), interleaved with the current ones, so that before and after are measured under the same
+load.
 
 Writes benchmarks/results/speed.md (``--out``).
 
@@ -194,7 +195,8 @@ def section_activations(args: argparse.Namespace) -> str:
     intro = (
         "Sparse LeNet-5 (0.99 layer-wise magnitude), the same tree at all 4 sites, batch 64 of 1x28x28, "
         "one train step (forward, cross-entropy, backward, Adam step), eager. "
-        f"CPU time of the benchmark thread, median over {args.repeats} interleaved rounds of the mean of {args.steps} steps; "
+        f"CPU time of the benchmark thread, median over {args.repeats} interleaved rounds "
+        f"of the mean of {args.steps} steps; "
         "ratio = ms/step / ms/step of relu(x) in the same column."
     )
     if args.before:

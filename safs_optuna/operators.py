@@ -17,7 +17,8 @@ and its gradient are finite. Fast-growing operators saturate (their input is cla
 gradient is zero beyond the bound, as for a saturating unit), removable singularities use a
 safe branch, and denominators are kept away from zero. All operators are plain torch tensor ops
 without data-dependent Python control flow, so models survive ``torch.export.export`` and
-``torch.jit.trace``.
+``torch.jit.trace`` (exporters get the plain forward formulas; only the training path of SRS looks
+at its data, to skip the gradient masks of clamps that no element reached).
 
 Speed: an activation runs over every element of a feature map, forward and backward, so on a CPU
 each extra elementwise pass shows in the train step (``benchmarks/speed.py``). The operators
@@ -28,7 +29,8 @@ builds masks; and operators whose autograd graph has many nodes are ``torch.auto
 with an analytic backward. They compute the same functions as the textbook formulas up to float32
 rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x)).
 At the exact bound of a saturating clamp the gradient is 0 (hardtanh) rather than the inner
-slope; elsewhere gradients are the analytic ones.
+slope; elsewhere gradients are the analytic ones. The Functions are first-order: a second
+derivative through them raises (they are ``once_differentiable``).
 
 ``acon``, ``srs``, ``tanhsoft1`` and ``mix`` have learnable parameters: their :attr:`Operator.factory`
 builds a fresh module (with its own parameters) for every use; the others are plain functions.
@@ -107,8 +109,9 @@ def _log_sigmoid_abs(s: Tensor) -> Tensor:
     return (s - 0.5).abs_().add_(0.5).log_()
 
 
-# Each Function below computes its value with a module-level ``_<name>_value`` that returns the
-# value and the tensors its backward needs; ``_custom`` uses the same helper for the plain path.
+# Each Function below computes its value with a module-level helper (``_<name>_value``, or
+# ``_<name>_parts`` when the backward needs intermediates too); ``_custom``'s plain path calls the
+# same helper, so both paths give the same values.
 
 
 def _tanh_value(x: Tensor) -> Tensor:
@@ -707,42 +710,64 @@ class ACON(nn.Module):
         return _custom(_ACON, lambda *a: _acon_parts(*a)[0], x, self.p1, self.p2, self.beta)
 
 
+def _srs_guard(p: Tensor) -> Tensor:
+    """|p| kept >= eps: SRS divides by its parameters."""
+    return torch.clamp(torch.abs(p), min=_SRS_EPS)
+
+
 def _srs_parts(x: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
-    """y = x / max(x/α + exp(min(-x/β, 60)), eps) and the tensors its backward needs."""
-    # Divisions as in the formula, not products with reciprocals: where x/α and exp(-x/β) nearly
-    # cancel (small α), the rounding of den decides y, so it is kept the textbook one.
+    """y = x / max(x/a + exp(min(-x/b, 60)), eps) for the guarded a, b of the raw parameters
+    ``alpha``, ``beta``, and the tensors its backward needs."""
+    a, b = _srs_guard(alpha), _srs_guard(beta)
+    # Divisions as in the formula, not products with reciprocals: where x/a and exp(-x/b) nearly
+    # cancel (small a), the rounding of den decides y, so it is kept the textbook one.
     # In place where a buffer is not needed again: every fresh feature-map-sized tensor costs
     # page faults on CPU.
-    q = x / -beta
+    q = x / -b
     e = torch.clamp(q, max=_SRS_EXP_CLAMP).exp_()
-    den = (x / alpha).add_(e)
+    den = (x / a).add_(e)
     r = torch.clamp(den, min=_SRS_EPS).reciprocal_()
-    return x * r, q, e, den, r
+    return x * r, q, e, den, r, a, b
+
+
+def _srs_guard_slope(p: Tensor) -> Tensor:
+    """d|p|-guard / dp: sign(p) while |p| >= eps (clamp passes its bound), else 0."""
+    return torch.sign(p) * (torch.abs(p) >= _SRS_EPS)
 
 
 class _SRS(torch.autograd.Function):
+    """SRS of the raw parameters; their guards are inside, so they add no autograd nodes."""
+
     @staticmethod
     def forward(ctx, x, alpha, beta):
-        y, q, e, den, r = _srs_parts(x, alpha, beta)
-        ctx.save_for_backward(alpha, beta, y, q, e, den, r)
+        y, q, e, den, r, a, b = _srs_parts(x, alpha, beta)
+        ctx.save_for_backward(alpha, beta, a, b, y, q, e, den, r)
+        # Which clamps are active anywhere (two reductions): the backward skips the mask passes
+        # of inactive ones, which is every call while α, β stay near their initial values.
+        ctx.exp_clamped = bool(q.max() >= _SRS_EXP_CLAMP)
+        ctx.den_clamped = bool(den.min() <= _SRS_EPS)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        alpha, beta, y, q, e, den, r = ctx.saved_tensors
-        # y = x / D, D = max(den, eps), den = x/α + e, e = exp(min(-x/β, 60)):
-        # dy/dx = (1 - y dD/dx) / D, dD/dx = 1/α - e/β; dy/dα = y² / α², dy/dβ = -y² e / β²,
-        # each 0 where a clamp is active (e where -x/β >= 60, D where den <= eps).
-        e = _aten.hardtanh_backward(e, q, -math.inf, _SRS_EXP_CLAMP)
-        gy2 = _aten.threshold_backward(torch.square(y).mul_(g), den, _SRS_EPS)
-        galpha = gy2.sum() / (alpha * alpha)
-        gbeta = -_dot(gy2, e) / (beta * beta)
+        alpha, beta, a, b, y, q, e, den, r = ctx.saved_tensors
+        # y = x / D, D = max(den, eps), den = x/a + e, e = exp(min(-x/b, 60)):
+        # dy/dx = (1 - y dD/dx) / D, dD/dx = 1/a - e/b; dy/da = y² / a², dy/db = -y² e / b²,
+        # each 0 where a clamp is active (e where -x/b >= 60, D where den <= eps).
+        if ctx.exp_clamped:
+            e = _aten.hardtanh_backward(e, q, -math.inf, _SRS_EXP_CLAMP)
+        gy2 = torch.square(y).mul_(g)
+        if ctx.den_clamped:
+            gy2 = _aten.threshold_backward(gy2, den, _SRS_EPS)
+        galpha = gy2.sum() / (a * a) * _srs_guard_slope(alpha)
+        gbeta = -_dot(gy2, e) / (b * b) * _srs_guard_slope(beta)
         gr = g * r
-        # g r (1 - y dD/dx) with dD/dx = (1/α - e/β) where den > eps, else 0.
-        t = e.mul_(-torch.reciprocal(beta)).add_(torch.reciprocal(alpha)).mul_(y).mul_(gr)
-        gx = gr.sub_(_aten.threshold_backward(t, den, _SRS_EPS))
-        return gx, galpha, gbeta
+        # g r (1 - y dD/dx) with dD/dx = (1/a - e/b) where den > eps, else 0.
+        t = torch.mul(e, -torch.reciprocal(b)).add_(torch.reciprocal(a)).mul_(y).mul_(gr)
+        if ctx.den_clamped:
+            t = _aten.threshold_backward(t, den, _SRS_EPS)
+        return gr.sub_(t), galpha, gbeta
 
 
 class SRS(nn.Module):
@@ -759,9 +784,7 @@ class SRS(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = torch.clamp(torch.abs(self.alpha), min=_SRS_EPS)
-        beta = torch.clamp(torch.abs(self.beta), min=_SRS_EPS)
-        return _custom(_SRS, lambda *a: _srs_parts(*a)[0], x, alpha, beta)
+        return _custom(_SRS, lambda *a: _srs_parts(*a)[0], x, self.alpha, self.beta)
 
 
 def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
