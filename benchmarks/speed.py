@@ -201,8 +201,18 @@ def section_activations(args: argparse.Namespace) -> str:
     )
     if args.before:
         intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
-    return "## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
+    return "## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n\n" + KERNEL_STATE_NOTE + "\n"
 
+
+# Why the before column can look cheap for the old transcendental kernels.
+KERNEL_STATE_NOTE = (
+    "Note: on this machine PyTorch's expm1, log1p, tanh, softplus, elu/selu, sinh, cosh and asinh"
+    " kernels run 5-10x slower per element in a fresh process (as in a real training run: checked"
+    " after build, sparsity, forward, backward and Adam step) than after some other kernels have "
+    "run in the same process (atan2 on a large tensor is one known trigger). A long benchmark "
+    "process can switch to the fast state part-way, so the *before* column understates what these"
+    " kernels cost in training; the current operators do not use them."
+)
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"activations": section_activations}
 
