@@ -17,7 +17,20 @@ and its gradient are finite. Fast-growing operators saturate (their input is cla
 gradient is zero beyond the bound, as for a saturating unit), removable singularities use a
 safe branch, and denominators are kept away from zero. All operators are plain torch tensor ops
 without data-dependent Python control flow, so models survive ``torch.export.export`` and
-``torch.jit.trace``.
+``torch.jit.trace`` (exporters get the plain forward formulas; only the training path of SRS looks
+at its data, to skip the gradient masks of clamps that no element reached).
+
+Speed: an activation runs over every element of a feature map, forward and backward, so on a CPU
+each extra elementwise pass shows in the train step (``benchmarks/speed.py``). The operators
+are therefore written with the cheap kernels of eager PyTorch: exp, log, sigmoid and arithmetic
+instead of expm1, log1p, tanh, softplus, sinh, asinh and torch.where (5-20x slower per element
+on CPU); clamps are ``F.hardtanh``, whose backward is one fused kernel where ``torch.clamp``'s
+builds masks; and operators whose autograd graph has many nodes are ``torch.autograd.Function``
+with an analytic backward. They compute the same functions as the textbook formulas up to float32
+rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x)).
+At the exact bound of a saturating clamp the gradient is 0 (hardtanh) rather than the inner
+slope; elsewhere gradients are the analytic ones. The Functions are first-order: a second
+derivative through them raises (they are ``once_differentiable``).
 
 ``acon``, ``srs``, ``tanhsoft1`` and ``mix`` have learnable parameters: their :attr:`Operator.factory`
 builds a fresh module (with its own parameters) for every use; the others are plain functions.
@@ -64,6 +77,336 @@ _SRS_EXP_CLAMP = 60.0
 _SRS_EPS = 1e-3
 
 
+# --- fast building blocks ----------------------------------------------------------------------
+
+_aten = torch.ops.aten
+
+
+def _clamp(x: Tensor, low: float, high: float) -> Tensor:
+    """torch.clamp's values; its backward is hardtanh's single kernel instead of mask + where."""
+    return F.hardtanh(x, low, high)
+
+
+def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """``function.apply(*args)`` when a gradient is wanted, else ``plain(*args)`` (the same values).
+
+    The plain path keeps inference cheap (nothing saved for a backward) and gives exporters
+    (``torch.export``, ``torch.jit.trace``) ordinary ATen ops instead of a Python function. It may
+    work in place on its own intermediates, so it is never the path that autograd differentiates.
+    """
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    if exporting or not (torch.is_grad_enabled() and any(a.requires_grad for a in args)):
+        return plain(*args)
+    return function.apply(*args)
+
+
+def _log_sigmoid_abs(s: Tensor) -> Tensor:
+    """log σ(|x|) = -log(1 + exp(-|x|)) from s = σ(x): the smooth part of softplus and logsigmoid."""
+    # σ(|x|) = max(σ(x), 1 - σ(x)) lies in [0.5, 1], so its log is safe; log of it rather than
+    # log1p(exp(-|x|)): log1p is one of the slow kernels.
+    # max(s, 1 - s) = 0.5 + |s - 0.5|, in place on one buffer: every fresh feature-map-sized
+    # tensor costs page faults on CPU.
+    return (s - 0.5).abs_().add_(0.5).log_()
+
+
+# Each Function below computes its value with a module-level helper (``_<name>_value``, or
+# ``_<name>_parts`` when the backward needs intermediates too); ``_custom``'s plain path calls the
+# same helper, so both paths give the same values.
+
+
+def _tanh_value(x: Tensor) -> Tensor:
+    # tanh(x) = 2σ(2x) - 1: sigmoid is one of the fastest CPU kernels, torch.tanh one of the slowest.
+    return (x * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+class _Tanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = _tanh_value(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return _aten.tanh_backward(g, y)
+
+
+def _softplus_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(softplus(x), σ(x)); softplus(x) = relu(x) - log σ(|x|) and softplus' = σ."""
+    s = torch.sigmoid(x)
+    return torch.relu(x).sub_(_log_sigmoid_abs(s)), s
+
+
+class _Softplus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, s = _softplus_parts(x)
+        ctx.save_for_backward(s)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (s,) = ctx.saved_tensors
+        return g * s
+
+
+def _logsigmoid_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(log σ(x), σ(x)); log σ(x) = min(x, 0) + log σ(|x|) and its slope is 1 - σ(x)."""
+    s = torch.sigmoid(x)
+    return torch.clamp(x, max=0.0).add_(_log_sigmoid_abs(s)), s
+
+
+class _LogSigmoid(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, s = _logsigmoid_parts(x)
+        ctx.save_for_backward(s)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (s,) = ctx.saved_tensors
+        return torch.addcmul(g, g, s, value=-1.0)  # g (1 - σ(x))
+
+
+def _elu_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(relu(x), exp(min(x, 0))); elu(x) = relu(x) + exp(min(x, 0)) - 1, and elu'(x) = exp(min(x, 0))."""
+    negative = torch.clamp(x, max=0.0)
+    return x - negative, torch.exp(negative)
+
+
+def _elu_value(x: Tensor) -> Tensor:
+    positive, e = _elu_parts(x)
+    return positive.add_(e).sub_(1.0)
+
+
+class _ELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        positive, e = _elu_parts(x)
+        ctx.save_for_backward(e)
+        return positive.add_(e).sub_(1.0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (e,) = ctx.saved_tensors
+        return g * e
+
+
+# F.selu's constants (Klambauer et al. 2017).
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _selu_value(x: Tensor) -> Tensor:
+    positive, e = _elu_parts(x)
+    return positive.add_(e, alpha=_SELU_ALPHA).sub_(_SELU_ALPHA).mul_(_SELU_SCALE)
+
+
+class _SELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _selu_value(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        # The kernel F.selu's own backward uses.
+        return _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, x)
+
+
+def _mish_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(tanh(softplus(x)), exp(x)) without tanh or softplus: with e = exp(x), n = e(e + 2),
+    tanh(log(1 + e)) = n / (n + 2). Beyond x = 20 the ratio is 1 in float32, so x is capped there."""
+    e = torch.exp(torch.clamp(x, max=20.0))
+    n = (e + 2.0).mul_(e)
+    return n / (n + 2.0), e
+
+
+def _mish_value(x: Tensor) -> Tensor:
+    return _mish_parts(x)[0].mul_(x)
+
+
+class _Mish(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        t, e = _mish_parts(x)
+        ctx.save_for_backward(x, t, e)
+        return x * t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, t, e = ctx.saved_tensors
+        # mish' = t + x σ(x) (1 - t²), σ(x) = e / (1 + e).
+        slope = _aten.tanh_backward(x * e / (e + 1.0), t).add_(t)
+        return slope.mul_(g)
+
+
+def _symlog_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    d = torch.abs(x).add_(1.0)
+    return torch.copysign(torch.log(d), x), d
+
+
+class _Symlog(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, d = _symlog_parts(x)
+        ctx.save_for_backward(d)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        return g / d  # 1 / (1 + |x|): the slope 1 at 0, from both sides
+
+
+def _symexp_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    a = torch.abs(x)
+    e = torch.exp(_clamp(a, -1.0, _EXP_CLAMP))
+    return torch.copysign(e - 1.0, x), a, e
+
+
+class _Symexp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, a, e = _symexp_parts(x)
+        ctx.save_for_backward(a, e)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        a, e = ctx.saved_tensors
+        return _aten.hardtanh_backward(g * e, a, -1.0, _EXP_CLAMP)  # exp(|x|), 0 once saturated
+
+
+def _exp_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(exp(c), exp(-c)) for c = x clamped to [-10, 10]: sinh and cosh without their slow kernels."""
+    e = torch.exp(_clamp(x, -_EXP_CLAMP, _EXP_CLAMP))
+    return e, torch.reciprocal(e)
+
+
+class _Sinh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        e, r = _exp_pair(x)
+        ctx.save_for_backward(x, e, r)
+        return (e - r).mul_(0.5)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, e, r = ctx.saved_tensors
+        return _aten.hardtanh_backward((e + r).mul_(0.5).mul_(g), x, -_EXP_CLAMP, _EXP_CLAMP)
+
+
+class _Cosh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        e, r = _exp_pair(x)
+        ctx.save_for_backward(x, e, r)
+        return (e + r).mul_(0.5)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, e, r = ctx.saved_tensors
+        return _aten.hardtanh_backward((e - r).mul_(0.5).mul_(g), x, -_EXP_CLAMP, _EXP_CLAMP)
+
+
+def _asinh_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    a = torch.abs(x)
+    h = torch.hypot(a, torch.ones((), dtype=x.dtype, device=x.device))  # sqrt(x² + 1), no overflow
+    return torch.copysign(torch.log(h + a), x), h
+
+
+class _Asinh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, h = _asinh_parts(x)
+        ctx.save_for_backward(h)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (h,) = ctx.saved_tensors
+        return g / h
+
+
+# sinc's safe branch: |x| is raised to at least this, where sin(x)/x = 1 in float32 already
+# (1 - x²/6 rounds to 1) and the true slope, -x/3, is below 4e-7.
+_SINC_EPS = 1e-6
+
+
+def _sinc_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    a = torch.abs(x).clamp_min_(_SINC_EPS)
+    xs = torch.copysign(a, x)
+    return torch.sin(xs).div_(xs), xs, a
+
+
+class _Sinc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, xs, a = _sinc_parts(x)
+        ctx.save_for_backward(y, xs, a)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        y, xs, a = ctx.saved_tensors
+        slope = torch.cos(xs).sub_(y).div_(xs)  # (cos x - sinc x) / x
+        return _aten.threshold_backward(slope.mul_(g), a, _SINC_EPS)  # 0 inside the safe branch
+
+
+def _softsign_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    r = torch.reciprocal(torch.abs(x).add_(1.0))
+    return x * r, r
+
+
+class _Softsign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, r = _softsign_parts(x)
+        ctx.save_for_backward(r)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (r,) = ctx.saved_tensors
+        return g * r * r  # 1 / (1 + |x|)²
+
+
+def _sqrt_abs_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sqrt(torch.abs(x).add_(_SQRT_EPS))
+    return s - math.sqrt(_SQRT_EPS), s
+
+
+class _SqrtAbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y, s = _sqrt_abs_parts(x)
+        ctx.save_for_backward(x, s)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, s = ctx.saved_tensors
+        return torch.sign(x).mul_(g).div_(s).mul_(0.5)  # sign(x) / (2 sqrt(|x| + eps)), 0 at 0
+
+
 # --- unary functions ---------------------------------------------------------------------------
 # Module-level named functions (no lambdas) so that modules holding them pickle and deepcopy.
 
@@ -80,38 +423,87 @@ def neg(x: Tensor) -> Tensor:
 
 def square(x: Tensor) -> Tensor:
     """x², saturating at |x| = 1e3."""
-    return torch.square(torch.clamp(x, -_SQUARE_CLAMP, _SQUARE_CLAMP))
+    return torch.square(_clamp(x, -_SQUARE_CLAMP, _SQUARE_CLAMP))
 
 
 def cube(x: Tensor) -> Tensor:
     """x³, saturating at |x| = 1e2."""
-    return torch.pow(torch.clamp(x, -_CUBE_CLAMP, _CUBE_CLAMP), 3)
+    return torch.pow(_clamp(x, -_CUBE_CLAMP, _CUBE_CLAMP), 3)
 
 
 def sqrt_abs(x: Tensor) -> Tensor:
     """sqrt(|x|), smoothed at 0 so that its gradient is finite."""
-    return torch.sqrt(torch.abs(x) + _SQRT_EPS) - math.sqrt(_SQRT_EPS)
+    return _custom(_SqrtAbs, lambda t: _sqrt_abs_parts(t)[0], x)
 
 
 def exp(x: Tensor) -> Tensor:
     """exp(x), saturating at x = 10."""
-    return torch.exp(torch.clamp(x, max=_EXP_CLAMP))
+    return torch.exp(_clamp(x, -math.inf, _EXP_CLAMP))
 
 
 def sinh(x: Tensor) -> Tensor:
     """sinh(x), saturating at |x| = 10."""
-    return torch.sinh(torch.clamp(x, -_EXP_CLAMP, _EXP_CLAMP))
+    return _custom(_Sinh, _sinh_value, x)
+
+
+def _sinh_value(x: Tensor) -> Tensor:
+    e, r = _exp_pair(x)
+    return (e - r).mul_(0.5)
 
 
 def cosh(x: Tensor) -> Tensor:
     """cosh(x), saturating at |x| = 10."""
-    return torch.cosh(torch.clamp(x, -_EXP_CLAMP, _EXP_CLAMP))
+    return _custom(_Cosh, _cosh_value, x)
+
+
+def _cosh_value(x: Tensor) -> Tensor:
+    e, r = _exp_pair(x)
+    return (e + r).mul_(0.5)
+
+
+def tanh(x: Tensor) -> Tensor:
+    """tanh(x)."""
+    return _custom(_Tanh, _tanh_value, x)
+
+
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x))."""
+    return _custom(_Softplus, lambda t: _softplus_parts(t)[0], x)
+
+
+def logsigmoid(x: Tensor) -> Tensor:
+    """log σ(x)."""
+    return _custom(_LogSigmoid, lambda t: _logsigmoid_parts(t)[0], x)
+
+
+def elu(x: Tensor) -> Tensor:
+    """x if x > 0 else exp(x) - 1."""
+    return _custom(_ELU, _elu_value, x)
+
+
+def selu(x: Tensor) -> Tensor:
+    """Scaled ELU (F.selu's constants)."""
+    return _custom(_SELU, _selu_value, x)
+
+
+def mish(x: Tensor) -> Tensor:
+    """x · tanh(softplus(x))."""
+    return _custom(_Mish, _mish_value, x)
+
+
+def softsign(x: Tensor) -> Tensor:
+    """x / (1 + |x|)."""
+    return _custom(_Softsign, lambda t: _softsign_parts(t)[0], x)
+
+
+def asinh(x: Tensor) -> Tensor:
+    """asinh(x) = sign(x) · log(|x| + sqrt(x² + 1))."""
+    return _custom(_Asinh, lambda t: _asinh_parts(t)[0], x)
 
 
 def sinc(x: Tensor) -> Tensor:
     """sin(x) / x, with sinc(0) = 1 (the unnormalised sinc of activation search)."""
-    # torch.sinc is sin(pi x) / (pi x) and handles x = 0 in both output and gradient.
-    return torch.sinc(x / math.pi)
+    return _custom(_Sinc, lambda t: _sinc_parts(t)[0], x)
 
 
 def max0(x: Tensor) -> Tensor:
@@ -121,27 +513,25 @@ def max0(x: Tensor) -> Tensor:
 
 def min0(x: Tensor) -> Tensor:
     """min(x, 0)."""
-    return -torch.relu(-x)
+    # Gradient 1 below 0 and 0 from 0 on, as -relu(-x) has.
+    return _clamp(x, -math.inf, 0.0)
 
 
 def gauss(x: Tensor) -> Tensor:
     """exp(-x²)."""
-    # Clamping changes nothing visible (exp(-100) ~ 4e-44) but keeps x² finite for any input.
-    return torch.exp(-torch.square(torch.clamp(x, -_EXP_CLAMP, _EXP_CLAMP)))
+    # No clamp needed: x² overflows to inf only beyond |x| ~ 1.8e19, where exp(-inf) = 0 and the
+    # gradient -2x·0 = 0 stay finite.
+    return torch.exp(-torch.square(x))
 
 
 def symlog(x: Tensor) -> Tensor:
     """sign(x) · log(1 + |x|)."""
-    # where() instead of sign(x) * ...: sign and abs have a zero gradient at 0, which would give
-    # the slope 0 at x = 0 instead of the true 1.
-    magnitude = torch.log1p(torch.where(x >= 0, x, -x))
-    return torch.where(x >= 0, magnitude, -magnitude)
+    return _custom(_Symlog, lambda t: _symlog_parts(t)[0], x)
 
 
 def symexp(x: Tensor) -> Tensor:
     """sign(x) · (exp(|x|) - 1), saturating at |x| = 10."""
-    magnitude = torch.expm1(torch.clamp(torch.where(x >= 0, x, -x), max=_EXP_CLAMP))
-    return torch.where(x >= 0, magnitude, -magnitude)
+    return _custom(_Symexp, lambda t: _symexp_parts(t)[0], x)
 
 
 def zero(x: Tensor) -> Tensor:
@@ -159,7 +549,7 @@ def one(x: Tensor) -> Tensor:
 def elish(x: Tensor) -> Tensor:
     """ELiSH: x·σ(x) for x >= 0, (exp(x) - 1)·σ(x) for x < 0 (Basirat & Roth 2018)."""
     # elu(x) is x for x > 0 and exp(x) - 1 otherwise, so one product covers both branches.
-    return F.elu(x) * torch.sigmoid(x)
+    return elu(x) * torch.sigmoid(x)
 
 
 def leaky_relu(x: Tensor) -> Tensor:
@@ -168,6 +558,61 @@ def leaky_relu(x: Tensor) -> Tensor:
 
 
 # --- binary functions --------------------------------------------------------------------------
+
+
+class _Maximum(torch.autograd.Function):
+    """torch.maximum with its own gradient rule (ties split the gradient evenly) in cheap kernels."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return torch.maximum(a, b)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        # share of a: 1 where a > b, 1/2 on ties, 0 where a < b.
+        ga = torch.addcmul(g, g, torch.sign(a - b)).mul_(0.5)
+        return ga, g - ga
+
+
+class _Minimum(torch.autograd.Function):
+    """torch.minimum, with the gradient rule of torch.minimum, as :class:`_Maximum`."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return torch.minimum(a, b)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = torch.addcmul(g, g, torch.sign(b - a)).mul_(0.5)
+        return ga, g - ga
+
+
+class _SafeDiv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        r = torch.reciprocal(torch.abs(b).add_(1.0))
+        y = a * r
+        ctx.save_for_backward(b, y, r)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        b, y, r = ctx.saved_tensors
+        ga = g * r
+        # d/db a / (1 + |b|) = -sign(b) · y / (1 + |b|); sign(0) = 0 as abs's gradient at 0.
+        gb = torch.sign(b).neg_().mul_(ga).mul_(y)
+        return ga, gb
+
+
+def _safe_div_value(a: Tensor, b: Tensor) -> Tensor:
+    return a / (torch.abs(b) + 1.0)
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:
@@ -187,12 +632,12 @@ def mul(a: Tensor, b: Tensor) -> Tensor:
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
     """max(a, b)."""
-    return torch.maximum(a, b)
+    return _custom(_Maximum, torch.maximum, a, b)
 
 
 def minimum(a: Tensor, b: Tensor) -> Tensor:
     """min(a, b)."""
-    return torch.minimum(a, b)
+    return _custom(_Minimum, torch.minimum, a, b)
 
 
 def left(a: Tensor, b: Tensor) -> Tensor:
@@ -207,10 +652,45 @@ def sigmoid_gate(a: Tensor, b: Tensor) -> Tensor:
 
 def safe_div(a: Tensor, b: Tensor) -> Tensor:
     """a / (1 + |b|): a division that cannot divide by zero."""
-    return a / (1.0 + torch.abs(b))
+    return _custom(_SafeDiv, _safe_div_value, a, b)
 
 
 # --- operators with learnable parameters -------------------------------------------------------
+# Their Functions take the parameters as 0-dim tensors and return one gradient per parameter:
+# a dot product over the elements, where autograd would build, reduce and free a full-size
+# product per parameter.
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Sum of a·b over all elements, as a 0-dim tensor."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _acon_parts(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    u = x * (p1 - p2)
+    z = u * beta
+    s = torch.sigmoid(z)
+    return (x * p2).addcmul_(u, s), u, z, s
+
+
+class _ACON(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p1, p2, beta):
+        y, u, z, s = _acon_parts(x, p1, p2, beta)
+        ctx.save_for_backward(x, p1, p2, u, z, s)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, p1, p2, u, z, s = ctx.saved_tensors
+        # y = u σ(βu) + p2 x with u = (p1 - p2) x: dy/du = silu'(βu), dy/dβ = u² σ'(βu).
+        h = _aten.silu_backward(g, z)
+        gx = (g * p2).addcmul_(h, p1 - p2)
+        gp1 = _dot(h, x)
+        gp2 = _dot(g, x) - gp1
+        gbeta = _dot(_aten.sigmoid_backward(g, s).mul_(u), u)
+        return gx, gp1, gp2, gbeta
 
 
 class ACON(nn.Module):
@@ -227,8 +707,67 @@ class ACON(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, x: Tensor) -> Tensor:
-        d = (self.p1 - self.p2) * x
-        return d * torch.sigmoid(self.beta * d) + self.p2 * x
+        return _custom(_ACON, lambda *a: _acon_parts(*a)[0], x, self.p1, self.p2, self.beta)
+
+
+def _srs_guard(p: Tensor) -> Tensor:
+    """|p| kept >= eps: SRS divides by its parameters."""
+    return torch.clamp(torch.abs(p), min=_SRS_EPS)
+
+
+def _srs_parts(x: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
+    """y = x / max(x/a + exp(min(-x/b, 60)), eps) for the guarded a, b of the raw parameters
+    ``alpha``, ``beta``, and the tensors its backward needs."""
+    a, b = _srs_guard(alpha), _srs_guard(beta)
+    # Divisions as in the formula, not products with reciprocals: where x/a and exp(-x/b) nearly
+    # cancel (small a), the rounding of den decides y, so it is kept the textbook one.
+    # In place where a buffer is not needed again: every fresh feature-map-sized tensor costs
+    # page faults on CPU.
+    q = x / -b
+    e = torch.clamp(q, max=_SRS_EXP_CLAMP).exp_()
+    den = (x / a).add_(e)
+    r = torch.clamp(den, min=_SRS_EPS).reciprocal_()
+    return x * r, q, e, den, r, a, b
+
+
+def _srs_guard_slope(p: Tensor) -> Tensor:
+    """d|p|-guard / dp: sign(p) while |p| >= eps (clamp passes its bound), else 0."""
+    return torch.sign(p) * (torch.abs(p) >= _SRS_EPS)
+
+
+class _SRS(torch.autograd.Function):
+    """SRS of the raw parameters; their guards are inside, so they add no autograd nodes."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, beta):
+        y, q, e, den, r, a, b = _srs_parts(x, alpha, beta)
+        ctx.save_for_backward(alpha, beta, a, b, y, q, e, den, r)
+        # Which clamps are active anywhere (two reductions): the backward skips the mask passes
+        # of inactive ones, which is every call while α, β stay near their initial values.
+        ctx.exp_clamped = bool(q.max() >= _SRS_EXP_CLAMP)
+        ctx.den_clamped = bool(den.min() <= _SRS_EPS)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        alpha, beta, a, b, y, q, e, den, r = ctx.saved_tensors
+        # y = x / D, D = max(den, eps), den = x/a + e, e = exp(min(-x/b, 60)):
+        # dy/dx = (1 - y dD/dx) / D, dD/dx = 1/a - e/b; dy/da = y² / a², dy/db = -y² e / b²,
+        # each 0 where a clamp is active (e where -x/b >= 60, D where den <= eps).
+        if ctx.exp_clamped:
+            e = _aten.hardtanh_backward(e, q, -math.inf, _SRS_EXP_CLAMP)
+        gy2 = torch.square(y).mul_(g)
+        if ctx.den_clamped:
+            gy2 = _aten.threshold_backward(gy2, den, _SRS_EPS)
+        galpha = gy2.sum() / (a * a) * _srs_guard_slope(alpha)
+        gbeta = -_dot(gy2, e) / (b * b) * _srs_guard_slope(beta)
+        gr = g * r
+        # g r (1 - y dD/dx) with dD/dx = (1/a - e/b) where den > eps, else 0.
+        t = torch.mul(e, -torch.reciprocal(b)).add_(torch.reciprocal(a)).mul_(y).mul_(gr)
+        if ctx.den_clamped:
+            t = _aten.threshold_backward(t, den, _SRS_EPS)
+        return gr.sub_(t), galpha, gbeta
 
 
 class SRS(nn.Module):
@@ -245,10 +784,32 @@ class SRS(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = torch.clamp(torch.abs(self.alpha), min=_SRS_EPS)
-        beta = torch.clamp(torch.abs(self.beta), min=_SRS_EPS)
-        den = x / alpha + torch.exp(torch.clamp(-x / beta, max=_SRS_EXP_CLAMP))
-        return x / torch.clamp(den, min=_SRS_EPS)
+        return _custom(_SRS, lambda *a: _srs_parts(*a)[0], x, self.alpha, self.beta)
+
+
+def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(tanh(αx)·softplus(x), tanh(αx), softplus(x), σ(x))."""
+    t = (x * (alpha * 2.0)).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(αx), as _tanh_value
+    sp, s = _softplus_parts(x)
+    return t * sp, t, sp, s
+
+
+class _TanhSoft1(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        y, t, sp, s = _tanhsoft1_parts(x, alpha)
+        ctx.save_for_backward(x, alpha, t, sp, s)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, alpha, t, sp, s = ctx.saved_tensors
+        # y = tanh(αx) softplus(x): dy/d(αx) = (1 - t²) sp, softplus' = σ.
+        q = _aten.tanh_backward(g * sp, t)
+        gx = torch.mul(s, t).mul_(g).addcmul_(q, alpha)
+        galpha = _dot(q, x) if ctx.needs_input_grad[1] else None
+        return gx, galpha
 
 
 class TanhSoft1(nn.Module):
@@ -262,7 +823,22 @@ class TanhSoft1(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.alpha * x) * F.softplus(x)
+        return _custom(_TanhSoft1, lambda *a: _tanhsoft1_parts(*a)[0], x, self.alpha)
+
+
+class _Mix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, beta):
+        ctx.save_for_backward(a, b, beta)
+        return _mix_value(a, b, beta)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        a, b, beta = ctx.saved_tensors
+        ga = g * beta
+        gbeta = (_dot(g, a) - _dot(g, b)) if ctx.needs_input_grad[2] else None
+        return ga, g - ga, gbeta
 
 
 class Mix(nn.Module):
@@ -273,7 +849,11 @@ class Mix(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.beta * a + (1.0 - self.beta) * b
+        return _custom(_Mix, _mix_value, a, b, self.beta)
+
+
+def _mix_value(a: Tensor, b: Tensor, beta: Tensor) -> Tensor:
+    return torch.lerp(b, a, beta)  # b + β(a - b)
 
 
 # --- modules for parameter-free operators ------------------------------------------------------
@@ -375,10 +955,10 @@ _UNARY_LIST: list[Operator] = [
     _learnable_unary("acon", ACON, "ACON-C (p1 - p2)·x·σ(β(p1 - p2)x) + p2·x, learnable p1, p2, β"),
     _unary("gelu", F.gelu, "x · Φ(x) (exact, erf form)"),
     _learnable_unary("srs", SRS, "x / (x/α + exp(-x/β)), learnable α, β"),
-    _unary("elu", F.elu, "x if x > 0 else exp(x) - 1"),
-    _unary("tanh", torch.tanh, "tanh(x)"),
-    _unary("softplus", F.softplus, "log(1 + exp(x))"),
-    _unary("logsigmoid", F.logsigmoid, "log σ(x)"),
+    _unary("elu", elu, "x if x > 0 else exp(x) - 1"),
+    _unary("tanh", tanh, "tanh(x)"),
+    _unary("softplus", softplus, "log(1 + exp(x))"),
+    _unary("logsigmoid", logsigmoid, "log σ(x)"),
     _unary("symlog", symlog, "sign(x) · log(1 + |x|)"),
     _unary("symexp", symexp, "sign(x) · (exp(|x|) - 1), saturating at |x| = 10"),
     # The dense networks' default.
@@ -395,7 +975,7 @@ _UNARY_LIST: list[Operator] = [
     _unary("cos", torch.cos, "cos(x)"),
     _unary("sinh", sinh, "sinh(x), saturating at |x| = 10"),
     _unary("cosh", cosh, "cosh(x), saturating at |x| = 10"),
-    _unary("asinh", torch.asinh, "asinh(x)"),
+    _unary("asinh", asinh, "asinh(x)"),
     _unary("atan", torch.atan, "atan(x)"),
     _unary("sinc", sinc, "sin(x) / x"),
     _unary("max0", max0, "max(x, 0)"),
@@ -406,9 +986,9 @@ _UNARY_LIST: list[Operator] = [
     _unary("zero", zero, "0"),
     _unary("one", one, "1"),
     # Other common activations.
-    _unary("mish", F.mish, "x · tanh(softplus(x))"),
-    _unary("selu", F.selu, "scaled ELU (self-normalising)"),
-    _unary("softsign", F.softsign, "x / (1 + |x|)"),
+    _unary("mish", mish, "x · tanh(softplus(x))"),
+    _unary("selu", selu, "scaled ELU (self-normalising)"),
+    _unary("softsign", softsign, "x / (1 + |x|)"),
     _unary("leaky_relu", leaky_relu, "max(x, 0.01·x)"),
     _unary("hardtanh", F.hardtanh, "clamp(x, -1, 1)"),
     _unary("hardsigmoid", F.hardsigmoid, "relu6(x + 3) / 6"),

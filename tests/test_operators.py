@@ -230,3 +230,156 @@ def test_every_operator_survives_jit_trace() -> None:
             # A different input: a trace that baked in a data-dependent branch would give wrong values.
             new_args = tuple(-2 * t for t in args)
             torch.testing.assert_close(traced(*new_args), module(*new_args), msg=op.name)
+
+
+# --- the fast formulations compute what the textbook ones did ------------------------------------
+# The operators are written with cheap CPU kernels (see the operators module docstring). These are
+# the plain formulations they replaced, term for term; on a grid where the plain one is finite the
+# two must agree in value and in the gradients for the input and for every parameter.
+
+
+def _previous_srs(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    alpha = torch.clamp(torch.abs(alpha), min=1e-3)
+    beta = torch.clamp(torch.abs(beta), min=1e-3)
+    den = x / alpha + torch.exp(torch.clamp(-x / beta, max=60.0))
+    return x / torch.clamp(den, min=1e-3)
+
+
+def _previous_acon(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    d = (p1 - p2) * x
+    return d * torch.sigmoid(beta * d) + p2 * x
+
+
+def _previous_symlog(x: torch.Tensor) -> torch.Tensor:
+    magnitude = torch.log1p(torch.where(x >= 0, x, -x))
+    return torch.where(x >= 0, magnitude, -magnitude)
+
+
+def _previous_symexp(x: torch.Tensor) -> torch.Tensor:
+    magnitude = torch.expm1(torch.clamp(torch.where(x >= 0, x, -x), max=10.0))
+    return torch.where(x >= 0, magnitude, -magnitude)
+
+
+PREVIOUS_UNARY = {
+    "tanh": torch.tanh,
+    "softplus": F.softplus,
+    "logsigmoid": F.logsigmoid,
+    "elu": F.elu,
+    "selu": F.selu,
+    "mish": F.mish,
+    "softsign": F.softsign,
+    "asinh": torch.asinh,
+    "sinc": lambda t: torch.sinc(t / math.pi),
+    "sinh": lambda t: torch.sinh(torch.clamp(t, -10.0, 10.0)),
+    "cosh": lambda t: torch.cosh(torch.clamp(t, -10.0, 10.0)),
+    "exp": lambda t: torch.exp(torch.clamp(t, max=10.0)),
+    "square": lambda t: torch.square(torch.clamp(t, -1e3, 1e3)),
+    "cube": lambda t: torch.pow(torch.clamp(t, -1e2, 1e2), 3),
+    "gauss": lambda t: torch.exp(-torch.square(torch.clamp(t, -10.0, 10.0))),
+    "min0": lambda t: -torch.relu(-t),
+    "sqrt_abs": lambda t: torch.sqrt(torch.abs(t) + 1e-4) - 1e-2,
+    "symlog": _previous_symlog,
+    "symexp": _previous_symexp,
+    "elish": lambda t: F.elu(t) * torch.sigmoid(t),
+    "tanhsoft1": lambda t, alpha: torch.tanh(alpha * t) * F.softplus(t),
+    "acon": _previous_acon,
+    "srs": _previous_srs,
+}
+PREVIOUS_BINARY = {
+    "max": torch.maximum,
+    "min": torch.minimum,
+    "safe_div": lambda a, b: a / (1.0 + torch.abs(b)),
+    "mix": lambda a, b, beta: beta * a + (1.0 - beta) * b,
+}
+# Parameter values beyond the initial ones, including SRS values that drive its clamps.
+PARAMETER_SETTINGS = {
+    "tanhsoft1": [dict(alpha=1.0), dict(alpha=-2.5)],
+    "acon": [dict(p1=1.0, p2=1.0, beta=1.0), dict(p1=1.5, p2=0.2, beta=0.8)],
+    "srs": [dict(alpha=1.0, beta=1.0), dict(alpha=5.0, beta=3.0), dict(alpha=-0.3, beta=0.05),
+            dict(alpha=1e-9, beta=1.0), dict(alpha=1.0, beta=0.01)],
+    "mix": [dict(beta=0.5), dict(beta=-0.3)],
+}
+# A grid that steps over every clamp bound (±10, ±60, ±1e2, ±1e3) without landing on one: exactly
+# at a bound the fast clamps give the gradient 0 where torch.clamp gave the inner slope.
+GRID = torch.cat([
+    torch.linspace(-40.0, 40.0, 4000),
+    torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 1e-3, -1e-3, 150.0, -150.0, 2e3, -2e3, 1e4, -1e4]),
+])
+
+
+def _values_and_grads(fn, inputs: list[torch.Tensor], params: dict[str, float]):
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    out = fn(*leaves, *tensors.values())
+    upstream = torch.linspace(-1.0, 1.0, out.numel()).reshape(out.shape)
+    grads = torch.autograd.grad(out, leaves + list(tensors.values()), upstream)
+    return out.detach(), grads
+
+
+def _new_operator(op: Operator, params: dict[str, float]):
+    module = op.build()
+    with torch.no_grad():
+        for name, value in params.items():
+            getattr(module, name).fill_(value)
+    names = list(params)
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        # The parameters enter as the module's own; their gradients are read off the module.
+        return module(*args[: op.arity])
+
+    return module, names, call
+
+
+def _compare(name: str, op: Operator, previous, inputs: list[torch.Tensor], params: dict[str, float]) -> None:
+    old_out, old_grads = _values_and_grads(previous, inputs, params)
+    module, names, call = _new_operator(op, params)
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    out = call(*leaves)
+    upstream = torch.linspace(-1.0, 1.0, out.numel()).reshape(out.shape)
+    wrt = leaves + [getattr(module, n) for n in names]
+    new_grads = torch.autograd.grad(out, wrt, upstream)
+    finite = torch.isfinite(old_out)
+    for g in old_grads[: len(inputs)]:
+        finite &= torch.isfinite(g)
+    label = f"{name} {params}"
+    torch.testing.assert_close(out[finite], old_out[finite], atol=1e-6, rtol=1e-5, msg=label)
+    for i, (new, old) in enumerate(zip(new_grads, old_grads)):
+        if i < len(inputs):
+            torch.testing.assert_close(new[finite], old[finite], atol=1e-5, rtol=1e-4, msg=f"{label} d/input{i}")
+        else:  # a parameter: its gradient sums over the elements, compare on the finite part only
+            if not bool(finite.all()):
+                continue
+            torch.testing.assert_close(new, old, atol=1e-4, rtol=1e-4, msg=f"{label} d/{names[i - len(inputs)]}")
+
+
+@pytest.mark.parametrize("name", list(PREVIOUS_UNARY))
+def test_unary_matches_its_previous_formulation(name: str) -> None:
+    for params in PARAMETER_SETTINGS.get(name, [{}]):
+        _compare(name, UNARY[name], PREVIOUS_UNARY[name], [GRID], params)
+
+
+@pytest.mark.parametrize("name", list(PREVIOUS_BINARY))
+def test_binary_matches_its_previous_formulation(name: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    a = torch.cat([torch.randn(2000, generator=gen) * 5, GRID[::4]])
+    b = torch.cat([torch.randn(2000, generator=gen) * 5, GRID[::4]])  # ties: the GRID half
+    for params in PARAMETER_SETTINGS.get(name, [{}]):
+        _compare(name, BINARY[name], PREVIOUS_BINARY[name], [a, b], params)
+
+
+def test_max_and_min_split_the_gradient_on_ties() -> None:
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    b = torch.tensor([1.0, 5.0, -1.0], requires_grad=True)
+    for name, share_a in (("max", [0.5, 0.0, 1.0]), ("min", [0.5, 1.0, 0.0])):
+        ga, gb = torch.autograd.grad(BINARY[name].build()(a, b).sum(), (a, b))
+        assert ga.tolist() == share_a and gb.tolist() == [1 - s for s in share_a], name
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+def test_inference_path_gives_the_training_values(name: str) -> None:
+    x = GRID.clone()
+    module = UNARY[name].build()
+    with torch.no_grad():
+        plain = module(x)
+    trained = module(x.requires_grad_(True))
+    torch.testing.assert_close(trained.detach(), plain, atol=0.0, rtol=0.0, msg=name)

@@ -1,0 +1,264 @@
+"""Speed of the activations: one LeNet-5 train step per operator tree, relative to relu(x).
+
+Each candidate is LeNet-5 from ``safs_optuna.models``, made searchable and magnitude-pruned to
+0.99 layer-wise (``safs_optuna.sparsity.magnitude_prune``), with the same tree at every site.
+A step is a full train step on a batch of 64 random 1x28x28 inputs: forward, cross-entropy,
+backward, Adam step. The plain dense torch LeNet-5 with ``nn.ReLU`` is a reference row.
+
+The machine is shared and noisy, so a step is timed in CPU time of the benchmark thread
+(``time.thread_time``; with one torch thread the whole step, backward included, runs on it), which
+does not count the time spent waiting for a shared core, and candidates are interleaved: every
+round times every candidate once (in a fresh random order), and a candidate's number is the
+median over rounds of its mean step time in that round. ``--before REF`` also times the
+operators as they were at git commit REF (its ``safs_optuna/operators.py``, or an operators
+file), interleaved with the current ones, so that before and after are measured under the same
+load.
+
+Writes benchmarks/results/speed.md (``--out``).
+
+    python benchmarks/speed.py --threads 1 --repeats 7 [--before REF] [--sections activations]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import safs_optuna as so
+from safs_optuna import operators
+from safs_optuna.activation import OperatorTree, TreeActivation
+from safs_optuna.checkpoint import set_trees
+from safs_optuna.space import ActivationSpace
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 64
+
+# Binary trees measured: every binary operator except ``left`` (whose trees are the unary rows)
+# with each of these operand pairs: the identity with a cheap unary (the b(x, u) form of the
+# compact preset), and pairs of the slowest unaries (learnable ones included, since their
+# parameters add gradient reductions).
+TREE_PAIRS: tuple[tuple[str, str], ...] = (("x", "sin"), ("tanhsoft1", "srs"), ("mish", "acon"))
+# Trees named in earlier measurements, kept for continuity.
+EXTRA_TREES: tuple[str, ...] = ("sigmoid_gate(erf(x), acon(x))", "mix(gelu(x), srs(x))")
+
+
+@dataclass
+class Candidate:
+    """One timed configuration: a label, a model, its optimizer, and its per-round times."""
+
+    label: str
+    group: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer = field(init=False)
+    times: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    @property
+    def median_ms(self) -> float:
+        return 1e3 * statistics.median(self.times)
+
+
+def train_step(c: Candidate, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One step as safs_optuna.training.fit takes it."""
+    loss = F.cross_entropy(c.model(x), y)
+    c.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    c.optimizer.step()
+
+
+def time_rounds(cands: list[Candidate], repeats: int, steps: int, warmup: int, seed: int) -> None:
+    """Append to every candidate's ``times`` its mean step time in each of ``repeats`` rounds."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (BATCH,), generator=gen)
+    order = list(cands)
+    rng = random.Random(seed)
+    for c in cands:  # first touch: allocations, lazy init of Adam state
+        for _ in range(warmup):
+            train_step(c, x, y)
+    for r in range(repeats):
+        rng.shuffle(order)
+        for c in order:
+            for _ in range(warmup):
+                train_step(c, x, y)
+            start = time.thread_time()
+            for _ in range(steps):
+                train_step(c, x, y)
+            c.times.append((time.thread_time() - start) / steps)
+        print(f"  round {r + 1}/{repeats} done", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- operator versions
+
+
+def load_operators(ref: str) -> types.ModuleType:
+    """An operators module as a separate module: a file path, or the git commit ``ref``'s
+    ``safs_optuna/operators.py``."""
+    if Path(ref).is_file():
+        source = Path(ref).read_text()
+    else:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:safs_optuna/operators.py"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    name = "_operators_before"
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses looks the module up while building Operator
+    exec(compile(source, f"{ref}:safs_optuna/operators.py", "exec"), module.__dict__)
+    return module
+
+
+def use_operators(model: nn.Module, registry: types.ModuleType) -> None:
+    """Rebuild the operators of every TreeActivation of ``model`` from ``registry``'s UNARY/BINARY."""
+    for m in model.modules():
+        if isinstance(m, TreeActivation):
+            m.left_op = registry.UNARY[m.tree.left].build()
+            if m.right_op is not None:
+                m.right_op = registry.UNARY[m.tree.right].build()
+            if m.binary_op is not None:
+                m.binary_op = registry.BINARY[m.tree.binary].build()
+
+
+# ----------------------------------------------------------------------------- section: activations
+
+
+def sparse_lenet5(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = so.make_searchable(so.build_model("lenet5"))
+    so.magnitude_prune(model, 0.99, scope="layer")
+    return model
+
+
+def activation_trees() -> list[OperatorTree]:
+    """Every unary of the presets (``core`` holds them all) and the sample of binary trees."""
+    unary = list(dict.fromkeys(u for p in ActivationSpace.PRESETS for u in ActivationSpace.preset(p).unary))
+    trees = [OperatorTree.unary(u) for u in unary]
+    binaries = [b for b in ActivationSpace.preset("core").binary if b != "left"]
+    trees += [OperatorTree(b, u, v) for u, v in TREE_PAIRS for b in binaries]
+    trees += [OperatorTree.parse(f) for f in EXTRA_TREES]
+    return trees
+
+
+def section_activations(args: argparse.Namespace) -> str:
+    """Time every tree of :func:`activation_trees`; the markdown section with the table."""
+    base = sparse_lenet5()
+    versions: dict[str, types.ModuleType] = {"after": operators}
+    if args.before:
+        versions = {"before": load_operators(args.before), "after": operators}
+    wanted = set(args.trees) if args.trees else None
+    cands: list[Candidate] = []
+    torch.manual_seed(0)
+    cands.append(Candidate("dense torch LeNet-5, nn.ReLU", "reference", so.build_model("lenet5")))
+    for tree in activation_trees():
+        if wanted is not None and tree.formula not in wanted and tree.formula != "relu(x)":
+            continue
+        for version, registry in versions.items():
+            model = copy.deepcopy(base)
+            set_trees(model, {site: tree for site in so.sites(model)})
+            use_operators(model, registry)
+            cands.append(Candidate(tree.formula, version, model))
+    print(f"activations: {len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
+    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed)
+
+    by = {(c.label, c.group): c for c in cands}
+    relu = {v: by[("relu(x)", v)].median_ms for v in versions}
+    labels = list(dict.fromkeys(c.label for c in cands if c.group != "reference"))
+    header = "| activation |" + "".join(f" {v} ms/step | {v} ratio |" for v in versions)
+    lines = [header, "|---|" + "---:|---:|" * len(versions)]
+    ref = by[("dense torch LeNet-5, nn.ReLU", "reference")].median_ms
+    lines.append(
+        "| dense torch LeNet-5, nn.ReLU (reference) |"
+        + "".join(f" {ref:.2f} | {ref / relu[v]:.2f} |" for v in versions)
+    )
+    for label in labels:
+        cells = "".join(f" {by[(label, v)].median_ms:.2f} | {by[(label, v)].median_ms / relu[v]:.2f} |"
+                        for v in versions)
+        lines.append(f"| {label} |{cells}")
+    intro = (
+        "Sparse LeNet-5 (0.99 layer-wise magnitude), the same tree at all 4 sites, batch 64 of 1x28x28, "
+        "one train step (forward, cross-entropy, backward, Adam step), eager. "
+        f"CPU time of the benchmark thread, median over {args.repeats} interleaved rounds "
+        f"of the mean of {args.steps} steps; "
+        "ratio = ms/step / ms/step of relu(x) in the same column."
+    )
+    if args.before:
+        intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
+    return "## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n\n" + KERNEL_STATE_NOTE + "\n"
+
+
+# Why the before column can look cheap for the old transcendental kernels.
+KERNEL_STATE_NOTE = (
+    "Note: on this machine PyTorch's expm1, log1p, tanh, softplus, elu/selu, sinh, cosh and asinh"
+    " kernels run 5-10x slower per element in a fresh process (as in a real training run: checked"
+    " after build, sparsity, forward, backward and Adam step) than after some other kernels have "
+    "run in the same process (atan2 on a large tensor is one known trigger). A long benchmark "
+    "process can switch to the fast state part-way, so the *before* column understates what these"
+    " kernels cost in training; the current operators do not use them."
+)
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"activations": section_activations}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median over them)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per candidate and round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each timing")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--before", metavar="REF",
+                    help="also time other operators: a git commit (its safs_optuna/operators.py) or a file")
+    ap.add_argument("--trees", nargs="*", help="only these formulas (relu(x) is always timed)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = [f"# Activation speed\n\nMachine: {machine()}.\n\nCommand: `{command}`\n"]
+    for name in args.sections:
+        parts.append(SECTIONS[name](args))
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
