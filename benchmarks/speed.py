@@ -214,7 +214,95 @@ KERNEL_STATE_NOTE = (
     " kernels cost in training; the current operators do not use them."
 )
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"activations": section_activations}
+def _quick_config(tmp: str, **overrides: object):
+    from safs_optuna.config import load_config
+
+    return load_config(ROOT / "studies" / "quickstart.toml",
+                       {"storage": f"sqlite:///{tmp}/speed.db", "artifacts": f"{tmp}/art", **overrides})
+
+
+def section_overhead(args: argparse.Namespace) -> str:
+    """Time a quick-start activation candidate spends outside its training and validation epochs:
+    the sampler, the storage, copying the sparse model, the pruner, recording and logging."""
+    import tempfile
+
+    from safs_optuna.pipeline import Pipeline, runner
+
+    inside: list[float] = []
+    original = runner.fit
+
+    def timed_fit(*a, on_epoch=None, **k):  # the epochs' own time: training batches + validation
+        def record(stats):
+            inside.append(stats.seconds)
+            if on_epoch is not None:
+                on_epoch(stats)
+        return original(*a, on_epoch=record, **k)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _quick_config(tmp, **{"activations.trials": args.overhead_trials + 1})
+        pipe = Pipeline(cfg, log=lambda msg: None)
+        pipe.prepare_studies()
+        dense, stage = pipe.stages[0], next(s for s in pipe.stages if s.searches == "trees")
+        pipe._run_once(dense, pipe.status(dense))
+        runner.fit = timed_fit
+        try:
+            for _ in range(args.overhead_trials + 1):
+                inside.clear()
+                start = time.perf_counter()
+                pipe._run_search_trial(stage, pipe.status(stage))
+                rows.append((time.perf_counter() - start, sum(inside), len(inside)))
+        finally:
+            runner.fit = original
+    rows = rows[1:]  # the first candidate also loads the data and the dense checkpoint once
+    wall = sum(r[0] for r in rows)
+    epochs = sum(r[1] for r in rows)
+    lines = ["## Trial overhead", "",
+             f"{len(rows)} quick-start activation candidates after the first (`studies/quickstart.toml`, "
+             f"{rows[0][2] if rows else 0} epochs each, one process, {torch.get_num_threads()} thread(s)): "
+             "time outside the training and validation epochs, per trial.", "",
+             "| trials | wall s per trial | in epochs s | outside s | outside % |", "|---|---|---|---|---|",
+             f"| {len(rows)} | {wall / len(rows):.2f} | {epochs / len(rows):.2f} | {(wall - epochs) / len(rows):.3f} "
+             f"| {100 * (wall - epochs) / wall:.1f} |", ""]
+    return "\n".join(lines)
+
+
+def section_scaling(args: argparse.Namespace) -> str:
+    """Stage-1 throughput (finished candidates per hour) with 1 worker on 1 core and with 2
+    workers on 2 cores, pinned with taskset, from the trials' own start and finish times."""
+    import optuna
+    import tempfile
+
+    results = {}
+    for workers, cores in ((1, "0"), (2, "0,1")):
+        with tempfile.TemporaryDirectory() as tmp:
+            sets = {"activations.trials": args.scaling_trials, "activations.epochs": 2, "ablations": False,
+                    "hpo.trials": 1, "final.epochs": 1}
+            cmd = ["taskset", "-c", cores, sys.executable, "-m", "safs_optuna.cli", "run",
+                   str(ROOT / "studies" / "quickstart.toml"), "--workers", str(workers), "--threads", "1",
+                   "--storage", f"sqlite:///{tmp}/s.db", "--set", f'artifacts="{tmp}/art"']
+            for k, v in sets.items():
+                cmd += ["--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
+            subprocess.run(cmd, check=True, capture_output=True)
+            study = optuna.load_study(study_name="quickstart/activations", storage=f"sqlite:///{tmp}/s.db")
+            done = [t for t in study.trials if t.state.is_finished() and t.datetime_complete]
+            span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+            results[workers] = (len(done), span, 3600 * len(done) / span)
+    ratio = results[2][2] / results[1][2]
+    lines = ["## Worker scaling", "",
+             f"Stage 1 of `studies/quickstart.toml` with {args.scaling_trials} candidates of 2 epochs "
+             "(`taskset`: 1 worker on core 0, 2 workers on cores 0 and 1; one torch thread each).", "",
+             "| workers | cores | candidates | seconds | candidates per hour |", "|---|---|---|---|---|"]
+    lines += [f"| {w} | {w} | {n} | {span:.1f} | {rate:.0f} |" for w, (n, span, rate) in results.items()]
+    lines += ["", f"2 workers / 1 worker: **{ratio:.2f}×** throughput.", ""]
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "activations": section_activations,
+    "overhead": section_overhead,
+    "scaling": section_scaling,
+}
 
 
 def machine() -> str:
@@ -245,6 +333,8 @@ def main() -> None:
     ap.add_argument("--before", metavar="REF",
                     help="also time other operators: a git commit (its safs_optuna/operators.py) or a file")
     ap.add_argument("--trees", nargs="*", help="only these formulas (relu(x) is always timed)")
+    ap.add_argument("--overhead-trials", type=int, default=8, help="candidates timed by the overhead section")
+    ap.add_argument("--scaling-trials", type=int, default=12, help="candidates per run of the scaling section")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
