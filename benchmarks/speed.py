@@ -341,10 +341,11 @@ def main() -> None:
 
     command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"# Activation speed\n\nMachine: {machine()}.\n\nCommand: `{command}`\n"]
+    print(parts[0], flush=True)
     for name in args.sections:
         parts.append(SECTIONS[name](args))
+        print(parts[-1], flush=True)  # each section as soon as it is measured
     text = "\n".join(parts)
-    print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
