@@ -16,7 +16,7 @@ except ``name``, and a missing key takes the default of the matching dataclass b
     [sparsity]     ratio, scope, skip
     [dense]        epochs, checkpoint
     [protocol]     optimizer, lr, momentum, weight_decay, schedule, batch_size, nesterov, augment
-    [activations]  preset, unary, binary, sampler, pruner, trials, epochs, fraction, history
+    [activations]  preset, unary, binary, sampler, pruner, trials, epochs, fraction, history, lahc
     [hpo]          sampler, pruner, trials, epochs, fraction
     [hpo.space]    optimizers, lr, momentum, weight_decay, schedules, learn_scale
     [final]        epochs
@@ -190,7 +190,9 @@ class ActivationsConfig:
     The space is ``ActivationSpace.preset(preset)``, unless ``unary`` (and optionally
     ``binary``) name the operators of a custom space. Each of ``trials`` candidates is
     fine-tuned for ``epochs`` on a ``fraction`` of the training split; ``history`` is the
-    LAHC history length (used by the ``lahc`` sampler only).
+    LAHC history length and ``lahc`` its rule set, ``"textbook"`` (Burke & Bykov) or
+    ``"paper-code"`` (the rules of the SAFS paper's code; see
+    :class:`~safs_optuna.samplers.lahc.LAHCSampler`), both used by the ``lahc`` sampler only.
 
     ``epochs = "auto"`` lets the start trial (the network's own activations) measure it: it
     trains until it leaves chance level, and candidates train that many epochs plus one, at
@@ -207,6 +209,7 @@ class ActivationsConfig:
     epochs: int | str = "auto"
     fraction: float = 1.0
     history: int = 3
+    lahc: str = "textbook"
 
 
 @dataclass(frozen=True)
@@ -803,6 +806,7 @@ def _check_stage(c: ActivationsConfig | HPOConfig, s: _Section) -> None:
 
 def _check_activations(c: ActivationsConfig, s: _Section) -> ActivationsConfig:
     from safs_optuna.operators import BINARY, UNARY
+    from safs_optuna.samplers.lahc import VARIANTS
     from safs_optuna.space import ActivationSpace
 
     s.choice("preset", c.preset, ActivationSpace.PRESETS, "preset")
@@ -812,6 +816,7 @@ def _check_activations(c: ActivationsConfig, s: _Section) -> ActivationsConfig:
         s.choices("binary", c.binary, BINARY, "binary operator")
     _check_stage(c, s)
     s.at_least("history", c.history, 1)
+    s.choice("lahc", c.lahc, VARIANTS, "LAHC variant")
     return c
 
 

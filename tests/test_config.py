@@ -546,3 +546,22 @@ def test_to_dict_round_trip(tmp_path):
     assert to_dict(config.hpo) == data["hpo"]
     with pytest.raises(TypeError):
         to_dict({"name": "x"})
+
+
+# --- [activations] lahc: the LAHC variant -----------------------------------------------------
+
+
+def test_activations_lahc_variant(tmp_path):
+    from safs_optuna.samplers.lahc import VARIANTS
+
+    assert load_config(write(tmp_path, 'name = "s"\n')).activations.lahc == "textbook"
+    for variant in VARIANTS:
+        config = load_config(write(tmp_path, f'name = "s"\n[activations]\nlahc = "{variant}"\n'))
+        assert config.activations.lahc == variant
+    assert load_config(write(tmp_path, 'name = "s"\n'), {"activations.lahc": "paper-code"}).activations.lahc == (
+        "paper-code"
+    )
+    message = error(tmp_path, '[activations]\nlahc = "paper"\n')
+    assert "[activations] lahc: unknown LAHC variant 'paper'" in message
+    assert "valid: textbook, paper-code" in message
+    assert "lahc" in error(tmp_path, "[activations]\ntrails = 5\n").split("valid keys of [activations]: ")[1]

@@ -1,8 +1,10 @@
-"""LAHCSampler: replayed state, parallel and resumed chains, moves, repeats, first trial."""
+"""LAHCSampler: replayed state, parallel and resumed chains, moves, repeats, first trial, and the
+rules of each variant (textbook, paper-code)."""
 
 from __future__ import annotations
 
 import math
+import random
 import textwrap
 import warnings
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from safs_optuna.samplers import LAHCSampler
-from safs_optuna.samplers.lahc import _replay, _value_score
+from safs_optuna.samplers.lahc import VARIANTS, _replay, _value_score
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -411,3 +413,225 @@ def test_reseed_rng_changes_proposals() -> None:
     run(b, 15)
     assert chain(a)[0] == chain(b)[0]  # the first trial is the rule, not random
     assert chain(a) != chain(b)
+
+
+# ----------------------------------------------------------------------------- variant paper-code
+
+
+def test_variants_and_the_bad_variant_error() -> None:
+    assert VARIANTS == ("textbook", "paper-code")
+    assert LAHCSampler().variant == "textbook"
+    assert LAHCSampler(variant="paper-code").variant == "paper-code"
+    with pytest.raises(ValueError, match=r"unknown LAHC variant 'paper'; valid: 'textbook', 'paper-code'"):
+        LAHCSampler(variant="paper")
+
+
+# Values (L = 3) where the two variants part: a tie with the history entry (trial 2), a history
+# entry that must not get worse (trial 4), a tie with the current solution (trials 4, 9), a
+# PRUNED and a FAIL trial.
+_VARIANT_VALUES: list[float | str] = [1.0, 3.0, 1.0, 2.0, 2.0, "pruned", 1.5, 2.5, "fail", 2.5]
+
+
+def _variant_study(variant: str, direction: str = "maximize", sign: float = 1.0) -> optuna.Study:
+    study = make_study(optuna.storages.InMemoryStorage(), direction=direction, variant=variant)
+    dists = {f"{s}.left": CategoricalDistribution(OPS) for s in SITES}
+    for i, value in enumerate(_VARIANT_VALUES):
+        params = {f"{s}.left": OPS[(i + j) % 5] for j, s in enumerate(SITES)}
+        if isinstance(value, str):
+            state = TrialState.PRUNED if value == "pruned" else TrialState.FAIL
+            study.add_trial(create_trial(state=state, params=params, distributions=dists))
+        else:
+            study.add_trial(create_trial(value=sign * value, params=params, distributions=dists))
+    return study
+
+
+@pytest.mark.parametrize("direction,sign", [("maximize", 1.0), ("minimize", -1.0)])
+@pytest.mark.parametrize(
+    "variant, currents, history, thresholds",
+    [
+        # trial 2 ties history[1] = 1: accepted (>=)     history[0] := current 2 at trial 4
+        ("textbook", [0, 1, 2, 3, 4, 4, 4, 7, 7, 9], [(2.5, 7), (2.5, 9), (2.0, 4)], {2: 0, 3: 2, 4: 3}),
+        # trial 2 ties history[1] = 1: rejected (>)     history[0] stays 3: 2 is not better
+        ("paper-code", [0, 1, 1, 3, 4, 4, 4, 7, 7, 9], [(3.0, 1), (3.0, 1), (2.0, 3)], {2: 0, 3: 0, 4: 3}),
+    ],
+)
+def test_acceptance_and_history_rules_of_each_variant(
+    variant: str,
+    currents: list[int],
+    history: list[tuple[float, int]],
+    thresholds: dict[int, int],
+    direction: str,
+    sign: float,
+) -> None:
+    study = _variant_study(variant, direction, sign)
+    trials = study.trials
+    for i, want in enumerate(currents):
+        chain = _replay(trials[: i + 1], 3, _value_score(direction == "maximize"), variant)
+        assert chain.current is not None and chain.current.number == want, i
+    chain = _replay(trials, 3, _value_score(direction == "maximize"), variant)
+    # scores: the value, negated when minimizing, so the same numbers in both directions
+    assert [(s, t.number) for s, t in chain.history] == history
+    # the trial each candidate is compared with (paper-code: trial 2 ties trial 0 and is rejected,
+    # since beating a history entry is strict there; trial 4 ties the current trial 3: accepted)
+    for number, want in thresholds.items():
+        reference = study.sampler.threshold_trial(study, trials[number])
+        assert reference is not None and reference.number == want, number
+
+
+def _lahc_package_loop(energies: list[float], history_length: int) -> list[tuple[int, list[float], int]]:
+    """The loop of ``LateAcceptanceHillClimber.run`` (lahc 1.0.5, lahc/_lahc.py:127-185) with the
+    energy of the k-th state scripted: (current state, energy history, step_idle) after each
+    candidate. Transcribed, and checked against the package itself on random sequences."""
+    energy = energies[0]
+    prev_state, prev_energy = 0, energy
+    history = [energy] * history_length
+    idle = 0
+    out = []
+    for step, energy in enumerate(energies[1:]):
+        idle = idle + 1 if energy >= prev_energy else 0
+        v = step % history_length
+        late = history[v]
+        if energy < late or energy <= prev_energy:
+            prev_state, prev_energy = step + 1, energy
+        else:
+            energy = prev_energy
+        if energy < late:
+            history[v] = energy
+        out.append((prev_state, list(history), idle))
+    return out
+
+
+def test_paper_code_replay_equals_the_lahc_package_loop() -> None:
+    rng = random.Random(0)
+    dists = {"x": CategoricalDistribution([0])}
+    differs = 0
+    for _ in range(200):
+        n, length = rng.randint(2, 25), rng.randint(1, 4)
+        # small integers, so ties with the history and with the current solution are frequent
+        values = [float(rng.randint(0, 4)) for _ in range(n)]
+        pruned = {i for i in range(1, n) if rng.random() < 0.1}
+        trials = []
+        for i, v in enumerate(values):
+            if i in pruned:
+                trial = create_trial(state=TrialState.PRUNED, params={"x": 0}, distributions=dists)
+            else:
+                trial = create_trial(value=v, params={"x": 0}, distributions=dists)
+            trial.number = i
+            trials.append(trial)
+        # the SAFS code minimizes 1 / accuracy; -value orders the same way; PRUNED never wins
+        energies = [math.inf if i in pruned else -v for i, v in enumerate(values)]
+        for k, (current, history, idle) in enumerate(_lahc_package_loop(energies, length), start=2):
+            chain = _replay(trials[:k], length, _value_score(True), "paper-code")
+            assert chain.current is not None and chain.current.number == current
+            assert [-s for s, _ in chain.history] == history
+            assert chain.idle == idle
+        textbook = _replay(trials, length, _value_score(True), "textbook")
+        differs += textbook.current is not None and textbook.current.number != current
+    assert differs > 0  # the comparison tells the variants apart
+
+
+def _reassign_then_swap(parent: dict[str, Any], child: dict[str, Any]) -> bool:
+    """Whether ``child`` is ``parent`` with one site set to any value, then two sites (possibly
+    the same one) swapped."""
+    names = sorted(parent)
+    for c in names:
+        for value in OPS:
+            step = {**parent, c: value}
+            for a in names:
+                for b in names:
+                    swapped = {**step, a: step[b], b: step[a]}
+                    if swapped == child:
+                        return True
+    return False
+
+
+def test_paper_code_move_is_one_reassignment_and_one_swap_and_repeats_are_evaluated() -> None:
+    flat = lambda t: score({k: "relu" for k in suggest(t)})  # noqa: E731  every candidate ties: accepted
+    study = make_study(optuna.storages.InMemoryStorage(), variant="paper-code", seed=3)
+    run(study, 60, flat)
+    trials = chain(study)
+    assert len(trials) == 60  # every proposal was run, repeats included
+    pairs = list(zip([p for p, _ in trials], [p for p, _ in trials[1:]]))
+    assert all(_reassign_then_swap(parent, child) for parent, child in pairs)
+    # neither half alone explains every move, and either may be a no-op
+    assert any(len(changed(parent, child)) == 2 and not is_swap(parent, child) for parent, child in pairs)
+    assert any(is_swap(parent, child) for parent, child in pairs)
+    assert any(parent == child for parent, child in pairs)  # the current solution, evaluated again
+    keys = [tuple(sorted(p.items())) for p, _ in trials]
+    assert len(set(keys)) < len(keys)
+    # the textbook variant on the same objective never repeats a configuration
+    textbook = make_study(optuna.storages.InMemoryStorage(), seed=3)
+    run(textbook, 60, flat)
+    keys = [tuple(sorted(p.items())) for p, _ in chain(textbook)]
+    assert len(set(keys)) == len(keys)
+
+
+def test_paper_code_move_changes_at_most_three_sites_statistically() -> None:
+    # One re-assignment (a site, a value: any of 5) and one swap (two sites: any of 4 each).
+    study = make_study(optuna.storages.InMemoryStorage(), variant="paper-code", seed=0)
+    first = {f"{s}.left": op for s, op in zip(SITES, OPS)}  # four different values
+    study.enqueue_trial(first)
+    run(study, 1)
+    counts: dict[int, int] = {}
+    for seed in range(400):
+        study.sampler = LAHCSampler(variant="paper-code", seed=seed)
+        trial = study.ask()
+        n_changed = len(changed(first, suggest(trial)))
+        counts[n_changed] = counts.get(n_changed, 0) + 1
+        study.tell(trial, state=TrialState.FAIL)  # FAIL trials leave the chain where it is
+    assert set(counts) <= {0, 1, 2, 3} and all(counts.get(k, 0) > 0 for k in (0, 1, 2, 3))
+    # P(no change) = P(same value) * P(a == b) = 1/5 * 1/4 = 5 %
+    assert 0.02 < counts[0] / 400 < 0.09
+
+
+def test_paper_code_starts_at_random_unless_told() -> None:
+    firsts = []
+    for seed in range(5):
+        study = make_study(optuna.storages.InMemoryStorage(), variant="paper-code", seed=seed)
+        firsts.append(tuple(sorted(suggest(study.ask()).items())))
+    assert len(set(firsts)) > 1
+    again = make_study(optuna.storages.InMemoryStorage(), variant="paper-code", seed=0)
+    assert tuple(sorted(suggest(again.ask()).items())) == firsts[0]  # seeded
+    # initial_params still fix what they name
+    told = make_study(
+        optuna.storages.InMemoryStorage(), variant="paper-code", initial_params={"block0.act.left": "gelu"}
+    )
+    assert suggest(told.ask())["block0.act.left"] == "gelu"
+    # and an enqueued trial (the pipeline's start) is the first trial; the chain starts from it
+    enqueued = make_study(optuna.storages.InMemoryStorage(), variant="paper-code")
+    start = {f"{s}.left": "relu" for s in SITES}
+    enqueued.enqueue_trial(start)
+    run(enqueued, 3)
+    assert enqueued.trials[0].params == start
+    assert _reassign_then_swap(start, enqueued.trials[1].params)
+
+
+def test_paper_code_resume_and_parallel_workers_continue_one_chain(tmp_path: Any) -> None:
+    reference = make_study(optuna.storages.InMemoryStorage(), variant="paper-code")
+    run(reference, 20)
+    url = sqlite(tmp_path, "resumed")
+    run(make_study(url, variant="paper-code"), 7)
+    run(make_study(url, variant="paper-code"), 13)  # a new process: new study object and sampler
+    assert chain(make_study(url, variant="paper-code")) == chain(reference)
+    url = sqlite(tmp_path, "interleaved")
+    workers = [make_study(url, variant="paper-code"), make_study(url, variant="paper-code")]
+    for i in range(20):
+        run(workers[i % 2], 1)
+    assert chain(workers[0]) == chain(reference)
+
+
+def test_lahc_package_stopping_rule() -> None:
+    study = make_study(optuna.storages.InMemoryStorage(), variant="paper-code")
+    values = iter([1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
+    run(study, 5, lambda t: (suggest(t), next(values))[1])
+    # 4 candidates, each strictly better than the current solution: never idle
+    assert not study.sampler.lahc_package_would_stop(study, steps_minimum=3)
+    run(study, 1, lambda t: (suggest(t), next(values))[1])  # a tie: not strictly better
+    assert study.sampler.lahc_package_would_stop(study, steps_minimum=3)
+    assert not study.sampler.lahc_package_would_stop(study, steps_minimum=5)
+    # the SAFS code's default (steps_minimum 20): at least 22 evaluations
+    flat = make_study(optuna.storages.InMemoryStorage(), variant="paper-code")
+    run(flat, 21, lambda t: (suggest(t), 0.0)[1])
+    assert not flat.sampler.lahc_package_would_stop(flat)
+    run(flat, 1, lambda t: (suggest(t), 0.0)[1])
+    assert flat.sampler.lahc_package_would_stop(flat)

@@ -1,10 +1,12 @@
-"""Late-Acceptance Hill Climbing (Burke & Bykov) as an Optuna sampler whose state is the storage."""
+"""Late-Acceptance Hill Climbing as an Optuna sampler whose state is the storage: Burke & Bykov's
+rules, or those of the SAFS paper's code."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import math
+import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,11 @@ from optuna.search_space import intersection_search_space
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["LAHCSampler"]
+__all__ = ["VARIANTS", "LAHCSampler"]
+
+VARIANTS: tuple[str, ...] = ("textbook", "paper-code")
+"""Rule sets of :class:`LAHCSampler`: ``textbook`` (Burke & Bykov) and ``paper-code`` (the
+``lahc`` package as the SAFS paper's code runs it)."""
 
 _logger = logging.getLogger(__name__)
 
@@ -86,6 +92,55 @@ class LAHCSampler(BaseSampler):
     configuration instead of repeating it). Parameters outside it (dynamic ones) keep the current
     solution's value, else follow the first-trial rule.
 
+    **Variants.** The above is ``variant="textbook"``. ``variant="paper-code"`` follows the rules
+    of the SAFS paper's code (github.com/automl/SAFS at commit ac03fa1: ``optimization_lib.py``
+    is ``safs/optimization/optimization_lib.py``, ``settings.py`` and ``main.py`` are in
+    ``safs/``), which subclasses ``LateAcceptanceHillClimber`` of the ``lahc`` package (version
+    1.0.5, pinned in that repository's ``setup.py:60``; ``_lahc.py`` is ``lahc/_lahc.py`` of
+    its wheel). That code minimizes the energy 1/accuracy (``optimization_lib.py:236``); here
+    "better" is the larger score, which orders candidates the same way. ``v = k mod L`` is the
+    history slot of the ``k``-th candidate (``_lahc.py:153``):
+
+    ==============  ===================================  ===========================================
+    rule            textbook                             paper-code
+    ==============  ===================================  ===========================================
+    acceptance      at least as good as ``history[v]``   strictly better than ``history[v]``, or at
+                    or as the current solution           least as good as the current solution
+                                                         (``_lahc.py:155``)
+    history update  ``history[v]`` := current, always    ``history[v]`` := current only when the
+                                                         current is strictly better than it
+                                                         (``_lahc.py:169-171``)
+    move            one site changed by one step, or     one site re-drawn at random, *and then* two
+                    (``swap_probability``) two sites     sites drawn at random swapped
+                    swapped                              (``optimization_lib.py:185-190``); either
+                                                         may be a no-op
+    repeats         never, while an unseen neighbour     allowed and evaluated again: nothing is
+                    exists                               cached (``_lahc.py:145-146``)
+    first trial     ``"relu"`` / ``"left"`` / midpoint   a uniformly random value per parameter
+                                                         (``optimization_lib.py:66-68``)
+    ==============  ===================================  ===========================================
+
+    In the paper-code move a site is drawn uniformly among all searched sites and each of its
+    parameters gets a uniformly random value (a categorical's choices, an int's or float's
+    (log) range), possibly the one it had, as ``random.choice`` over the candidate activations
+    does; the swap's first site is drawn uniformly, the second uniformly among the sites with
+    the same parameter names and distributions, the first included (in the SAFS space, every
+    site: two independent ``random.randint``, as in the code). ``swap_probability`` is not
+    used. ``initial_params`` and an enqueued first trial override the random start in both
+    variants: the pipeline enqueues the network's own activations, so for the paper's random
+    start it must not.
+
+    Two rules of the ``lahc`` package stay with the caller, since the number of trials is the
+    study's: the search evaluates the start and then candidates until more than
+    ``steps_minimum`` candidates were tried and the number of consecutive ones not strictly
+    better than the current solution exceeds 2 % of them (``_lahc.py:107-114, 148-151``;
+    :meth:`lahc_package_would_stop` tells); the SAFS code sets ``steps_minimum`` to
+    ``--activ_search_steps``, 20 by default
+    (``settings.py:103-107``, ``main.py:31-34``), so it evaluates at least 22 activation
+    assignments (the start and 21 candidates), and it returns the best state seen, not the last
+    current one (``_lahc.py:187-192``, ``optimization_lib.py:77-78``), as ``study.best_trial``
+    does. ``score`` replaces the energy in either variant.
+
     Example:
 
         .. code-block:: python
@@ -128,6 +183,9 @@ class LAHCSampler(BaseSampler):
             test instead of the objective value (e.g. :func:`safs_optuna.ranking.trial_score`,
             which breaks accuracy ties at chance level by validation loss). Default: the value,
             negated when the study minimizes.
+        variant:
+            The rule set, one of :data:`VARIANTS`: ``"textbook"`` or ``"paper-code"`` (see
+            above).
     """
 
     def __init__(
@@ -138,34 +196,62 @@ class LAHCSampler(BaseSampler):
         initial_params: Mapping[str, Any] | None = None,
         swap_probability: float = 0.2,
         score: Callable[[FrozenTrial], Any] | None = None,
+        variant: str = "textbook",
     ) -> None:
         if not isinstance(history_length, int) or isinstance(history_length, bool) or history_length < 1:
             raise ValueError(f"history_length must be an int >= 1, got {history_length!r}")
         if not 0.0 <= swap_probability <= 1.0:
             raise ValueError(f"swap_probability must be in [0, 1], got {swap_probability!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown LAHC variant {variant!r}; valid: {', '.join(map(repr, VARIANTS))}")
         self._history_length = history_length
         self._seed = _base_seed(seed)
         self._canonical_key = canonical_key
         self._initial_params = dict(initial_params or {})
         self._swap_probability = float(swap_probability)
         self._score = score
+        self._variant = variant
         self._intersection = _IncrementalIntersection()
 
     def _chain(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> _Chain:
         score = self._score or _value_score(study.direction == StudyDirection.MAXIMIZE)
-        return _replay(trials, self._history_length, score)
+        return _replay(trials, self._history_length, score, self._variant)
+
+    @property
+    def variant(self) -> str:
+        """The rule set, one of :data:`VARIANTS`."""
+        return self._variant
 
     def threshold_trial(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
         """The finished trial that ``trial`` must score at least as well as to be accepted.
 
         The chain is replayed over the finished trials numbered below ``trial``; the result is
         the worse of the history entry ``trial`` is compared with and the current solution, or
-        :obj:`None` while no trial has finished (the first trial is never compared). A pruner can
+        :obj:`None` while no trial has finished (the first trial is never compared). In the
+        ``paper-code`` variant a tie with the history entry is not enough: when the result is
+        that entry's trial (it is worse than the current solution), ``trial`` must score strictly
+        better; when it is the current solution, a tie suffices in both variants. A pruner can
         stop a candidate whose learning curve is clearly behind this trial's (see
         :class:`safs_optuna.pruners.IncumbentPruner`): rejected either way, it loses nothing.
         """
         trials = [t for t in _all_trials(study) if t.number < trial.number]
         return self._chain(study, trials).threshold()
+
+    def lahc_package_would_stop(
+        self, study: optuna.Study, steps_minimum: int = 20, idle_fraction: float = 0.02
+    ) -> bool:
+        """Whether the ``lahc`` package's loop would stop after the study's finished trials.
+
+        It stops once more than ``steps_minimum`` candidates (finished trials after the first)
+        were evaluated and the number of consecutive candidates not strictly better than the
+        current solution exceeds ``idle_fraction`` of them (``lahc/_lahc.py:107-114, 148-151``).
+        The defaults are the SAFS code's (``--activ_search_steps`` 20), where it means at least
+        22 finished trials. For a callback that stops a study the way that code does, e.g.
+        ``lambda study, trial: sampler.lahc_package_would_stop(study) and study.stop()``.
+        """
+        chain = self._chain(study, _all_trials(study))
+        steps = max(chain.position - 1, 0)
+        return steps > steps_minimum and chain.idle > steps * idle_fraction
 
     def reseed_rng(self) -> None:
         # Distinct proposals across workers do not depend on this (the trial's position does);
@@ -203,10 +289,12 @@ class LAHCSampler(BaseSampler):
         # A first trial still being suggested may lack some params; move only the known ones.
         space = {n: d for n, d in search_space.items() if n in base.params}
         current = {n: base.params[n] for n in space}
-        pending = sum(1 for t in trials if t.state in _PENDING and t.number < trial.number)
-        rng = np.random.default_rng([self._seed, chain.position, pending])
+        rng = np.random.default_rng([self._seed, chain.position, _pending_below(trials, trial)])
+        proposer = _Proposer(space, current, self._swap_probability, self._key)
+        if self._variant == "paper-code":
+            return proposer.reassign_and_swap(rng)
         taken = self._taken_keys(trials, space, trial.number)
-        return _Proposer(space, current, self._swap_probability, self._key).propose(rng, taken)
+        return proposer.propose(rng, taken)
 
     def sample_independent(
         self,
@@ -223,6 +311,13 @@ class LAHCSampler(BaseSampler):
             value = base.params[param_name]
             if _contains(param_distribution, value):
                 return value
+        if self._variant == "paper-code" and param_name not in self._initial_params:
+            # The random start: a stream of its own per parameter name (crc32, not hash(), which
+            # differs between processes), so the order of suggestions does not matter.
+            name_key = zlib.crc32(param_name.encode())
+            pending = _pending_below(trials, trial)
+            rng = np.random.default_rng([self._seed, chain.position, pending, name_key])
+            return _random_value(rng, param_distribution)
         return self._initial_value(param_name, param_distribution)
 
     def _initial_value(self, name: str, dist: BaseDistribution) -> Any:
@@ -308,6 +403,9 @@ class _Chain:
     value: Any = None  # the current solution's score
     history: list[tuple[Any, FrozenTrial]] = field(default_factory=list)  # (score, trial) per slot
     position: int = 0  # finished trials replayed; the candidate after them is iteration position-1
+    # consecutive candidates, up to now, not strictly better than the solution they were compared
+    # with (the lahc package's step_idle, which its stopping rule uses)
+    idle: int = 0
 
     def threshold(self) -> FrozenTrial | None:
         """The trial a candidate at the next position must reach to be accepted: the worse of
@@ -318,9 +416,16 @@ class _Chain:
         return trial if score < self.value else self.current
 
 
-def _replay(trials: Sequence[FrozenTrial], history_length: int, score: Callable[[FrozenTrial], Any]) -> _Chain:
-    """Burke & Bykov's LAHC loop over stored trials: the first finished trial is the initial
-    solution; each later one is a candidate; PRUNED candidates are always rejected."""
+def _replay(
+    trials: Sequence[FrozenTrial],
+    history_length: int,
+    score: Callable[[FrozenTrial], Any],
+    variant: str = "textbook",
+) -> _Chain:
+    """The LAHC loop over stored trials: the first finished trial is the initial solution; each
+    later one is a candidate; PRUNED candidates are always rejected. ``variant`` picks the
+    acceptance and history rules (see :class:`LAHCSampler`)."""
+    paper = variant == "paper-code"
     chain = _Chain()
     for t in sorted((t for t in trials if t.state in _FINISHED), key=lambda t: t.number):
         if chain.current is None:
@@ -328,11 +433,18 @@ def _replay(trials: Sequence[FrozenTrial], history_length: int, score: Callable[
             chain.current, chain.value, chain.history = t, value, [(value, t)] * history_length
         else:
             slot = (chain.position - 1) % history_length
+            late = chain.history[slot][0]
+            improved = False
             if t.state == TrialState.COMPLETE:
                 value = score(t)
-                if value >= chain.history[slot][0] or value >= chain.value:
+                improved = value > chain.value
+                # lahc/_lahc.py:155 (energies, lower is better): E < Ev or E <= prev_energy
+                if (value > late if paper else value >= late) or value >= chain.value:
                     chain.current, chain.value = t, value
-            chain.history[slot] = (chain.value, chain.current)
+            chain.idle = 0 if improved else chain.idle + 1
+            # lahc/_lahc.py:169-171: the history slot only ever improves
+            if not paper or chain.value > late:
+                chain.history[slot] = (chain.value, chain.current)
         chain.position += 1
     return chain
 
@@ -350,6 +462,11 @@ def _all_trials(study: optuna.Study) -> list[FrozenTrial]:
     # The storage, not study.get_trials: a HyperbandPruner hands samplers a study filtered to one
     # bracket, but the chain is the whole study's (GridSampler does the same).
     return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+
+def _pending_below(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> int:
+    """RUNNING or WAITING trials numbered below ``trial``: two workers asking at once differ here."""
+    return sum(1 for t in trials if t.state in _PENDING and t.number < trial.number)
 
 
 def _anchor(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> FrozenTrial | None:
@@ -412,6 +529,30 @@ class _Proposer:
             candidate = self._random_move(rng) if self._movable else dict(self._current)
         return candidate
 
+    def reassign_and_swap(self, rng: np.random.Generator) -> dict[str, Any]:
+        """The SAFS code's move (``optimization_lib.py:185-190``): re-draw one random site's
+        parameters, then swap two random sites. Both may leave the configuration unchanged,
+        and nothing is checked against earlier trials: repeats are evaluated again."""
+        sites = sorted(self._sites)
+        params = dict(self._current)
+        for name in self._sites[sites[rng.integers(len(sites))]].values():
+            params[name] = _random_value(rng, self._space[name])
+        a = sites[rng.integers(len(sites))]
+        partners = [b for b in sites if self._compatible(a, b)]  # a itself included
+        b = partners[rng.integers(len(partners))]
+        swapped = dict(params)
+        for rel, name_a in self._sites[a].items():
+            name_b = self._sites[b][rel]
+            swapped[name_a], swapped[name_b] = params[name_b], params[name_a]
+        return swapped
+
+    def _compatible(self, a: str, b: str) -> bool:
+        """Sites whose parameters can be swapped: the same names, with the same distributions."""
+        names_a, names_b = self._sites[a], self._sites[b]
+        return names_a.keys() == names_b.keys() and all(
+            self._space[names_a[r]] == self._space[names_b[r]] for r in names_a
+        )
+
     def _random_move(self, rng: np.random.Generator) -> dict[str, Any]:
         if self._pairs and rng.random() < self._swap_probability:
             a, b = self._pairs[rng.integers(len(self._pairs))]
@@ -434,11 +575,9 @@ class _Proposer:
     def _swap_pairs(self) -> list[tuple[str, str]]:
         pairs = []
         for a, b in itertools.combinations(sorted(self._sites), 2):
+            if not self._compatible(a, b):
+                continue
             names_a, names_b = self._sites[a], self._sites[b]
-            if names_a.keys() != names_b.keys():
-                continue
-            if any(self._space[names_a[r]] != self._space[names_b[r]] for r in names_a):
-                continue
             if any(self._current[names_a[r]] != self._current[names_b[r]] for r in names_a):
                 pairs.append((a, b))
         return pairs
