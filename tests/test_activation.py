@@ -205,8 +205,12 @@ def test_tree_activation_computes_the_composition(tree: OperatorTree) -> None:
     x = torch.cat([torch.linspace(-12, 12, 25), torch.tensor([1e4, -1e4])])
     out, grad = _outputs(tree, x)
     expected_out, expected_grad = _composed([tree], x)
-    torch.testing.assert_close(out, expected_out[0])
-    torch.testing.assert_close(grad, expected_grad[0])
+    torch.testing.assert_close(out[:25], expected_out[0][:25])
+    torch.testing.assert_close(grad[:25], expected_grad[0][:25])
+    # At ±1e4 the guarded operators saturate to huge values, where the chain rule applied in
+    # another order differs in float32 rounding (e.g. mul(srs(x), symexp(x)): 0.5 % relative).
+    torch.testing.assert_close(out[25:], expected_out[0][25:], rtol=1e-2, atol=1e-4)
+    torch.testing.assert_close(grad[25:], expected_grad[0][25:], rtol=1e-2, atol=1e-4)
 
 
 # --- TreeActivation ----------------------------------------------------------------------------

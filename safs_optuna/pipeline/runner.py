@@ -161,7 +161,7 @@ class Pipeline:
         if section.sampler == "lahc":
             key = self.space.canonical_key if stage.searches == "trees" else None
             return LAHCSampler(history_length=self.cfg.activations.history, seed=seed, canonical_key=key,
-                               score=trial_score)
+                               score=trial_score, variant=self.cfg.activations.lahc)
         if section.sampler == "random":
             return PositionSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
         startup = max(3, min(10, section.trials // 3))
