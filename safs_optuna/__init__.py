@@ -17,13 +17,14 @@ from .activation import OperatorTree, TreeActivation
 from .models import MODELS, build_model, make_searchable, sites
 from .operators import BINARY, UNARY
 from .pruners import DivergencePruner
-from .samplers import LAHCSampler
+from .samplers import LAHCSampler, PositionSeededSampler
 from .space import ActivationSpace
 from .sparsity import finalize, magnitude_prune, sparsity_report
-from .training import Diverged, HParams, evaluate, fit
+from .training import Diverged, DivergedError, HParams, evaluate, fit
 
+# ``Diverged`` is importable as a deprecated alias of DivergedError but left out of __all__.
 __all__ = [
-    "BINARY", "MODELS", "UNARY", "ActivationSpace", "Diverged", "DivergencePruner", "HParams",
-    "LAHCSampler", "OperatorTree", "TreeActivation", "build_model", "data", "evaluate", "finalize",
-    "fit", "magnitude_prune", "make_searchable", "sites", "sparsity_report",
+    "BINARY", "MODELS", "UNARY", "ActivationSpace", "DivergedError", "DivergencePruner", "HParams",
+    "LAHCSampler", "OperatorTree", "PositionSeededSampler", "TreeActivation", "build_model", "data",
+    "evaluate", "finalize", "fit", "magnitude_prune", "make_searchable", "sites", "sparsity_report",
 ]

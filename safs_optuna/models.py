@@ -8,12 +8,21 @@ another tree in a slot. :func:`sites` lists the slots by module path.
 :data:`MODELS` is a timm-style registry: every builder takes the same keyword arguments
 ``num_classes``, ``in_channels`` and ``image_size`` and returns a network with plain torch
 activations (``nn.ReLU``, ``nn.SiLU``); callers make it searchable afterwards.
+
+The built-in models name their layers the way torchvision and the original papers do, and every
+activation is its own named module, so a site reads ``act1`` (LeNet-5), ``features.act3_2``
+(VGG-16), ``layer2.0.act1`` (ResNet-18) or ``features.1.0.block.0.2`` (torchvision's
+EfficientNet-B0) in parameter names and in optuna-dashboard. State dicts saved while LeNet-5 and
+VGG-16 numbered their layers (``"0.weight"``, ``"features.3.weight"``) still load into them.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
+
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -177,7 +186,7 @@ def sites(model: nn.Module) -> list[str]:
 
 
 def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the submodule of ``model`` at dotted ``path`` (e.g. ``"features.3"``) by ``module``."""
+    """Replace the submodule of ``model`` at dotted ``path`` (e.g. ``"features.act2_1"``) by ``module``."""
     if not path:
         raise ValueError("path must name a submodule, not the model itself")
     parent_path, _, name = path.rpartition(".")
@@ -194,31 +203,59 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------- builders
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Sequential:
+def _numbered_to_named(state: MutableMapping[str, Any], prefix: str, container: nn.Module) -> None:
+    """Rename, in place, keys that address ``container``'s children by position (``"3.weight"``).
+
+    The children keep the order they had when they were numbered, so position ``i`` is the ``i``-th
+    named child; keys that already use names are left alone.
+    """
+    names = list(container._modules)
+    for key in [k for k in state if k.startswith(prefix)]:
+        head, dot, rest = key[len(prefix):].partition(".")
+        if dot and head.isdigit() and int(head) < len(names):
+            state[f"{prefix}{names[int(head)]}.{rest}"] = state.pop(key)
+
+
+_LENET5_LAYERS: tuple[str, ...] = (
+    "conv1", "act1", "pool1", "conv2", "act2", "pool2", "flatten", "fc1", "act3", "fc2", "act4", "fc3",
+)
+
+
+class LeNet5(nn.Sequential):
+    """LeNet-5 as an ``nn.Sequential`` whose layers have names (``conv1``, ``act1``, ``pool1`` …).
+
+    Indexing (``model[7]``) still works; a state dict keyed by position (``"0.weight"``) loads too.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, side: int) -> None:
+        layers = (
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * side * side, 120), nn.ReLU(),
+            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+        super().__init__(OrderedDict(zip(_LENET5_LAYERS, layers)))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        _numbered_to_named(state_dict, prefix, self)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> LeNet5:
     """Classic LeNet-5 with ReLU: 2 conv + 2 hidden fc activations, 4 sites.
 
-    conv 5x5 6ch (padding 2) -> act -> maxpool -> conv 5x5 16ch -> act -> maxpool ->
-    fc 120 -> act -> fc 84 -> act -> fc ``num_classes``. The first conv is always padded by 2, the
+    ``conv1`` 5x5 6ch (padding 2) -> ``act1`` -> ``pool1`` -> ``conv2`` 5x5 16ch -> ``act2`` ->
+    ``pool2`` -> ``flatten`` -> ``fc1`` 120 -> ``act3`` -> ``fc2`` 84 -> ``act4`` -> ``fc3``
+    ``num_classes``; the sites are ``act1`` … ``act4``. The first conv is always padded by 2, the
     common MNIST form: on 28 px input the flattened size is the classic 16·5·5 = 400, on 32 px it is
     16·6·6 = 576; it is computed from ``image_size`` (at least 12).
     """
     side = (image_size // 2 - 4) // 2  # after conv(pad 2) -> pool -> conv(5) -> pool
     if side < 1:
         raise ValueError(f"lenet5 needs image_size >= 12, got {image_size}")
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * side * side, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, num_classes),
-    )
+    return LeNet5(num_classes, in_channels, side)
 
 
 _VGG16_CONFIG: tuple[int | str, ...] = (
@@ -227,42 +264,58 @@ _VGG16_CONFIG: tuple[int | str, ...] = (
 
 
 class VGG(nn.Module):
-    """VGG with batch norm for small images: ``features`` (conv-bn-act blocks), ``pool``, ``classifier``."""
+    """VGG with batch norm for small images: ``features`` (conv-bn-act blocks), ``pool``, ``classifier``.
+
+    Layers carry the names of the VGG paper's released models: in ``features``, block ``b``'s
+    ``c``-th convolution is ``conv{b}_{c}``, followed by ``bn{b}_{c}`` and ``act{b}_{c}``, and the
+    block ends with ``pool{b}``; the classifier is ``fc6``, ``act6``, ``fc7``, ``act7``, ``fc8``.
+    A state dict keyed by position (``"features.3.weight"``) loads too.
+    """
 
     def __init__(self, config: Iterable[int | str], num_classes: int, in_channels: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: dict[str, nn.Module] = {}
         channels = in_channels
+        block, conv = 1, 1
         for item in config:
             if item == "M":
                 # ceil_mode keeps odd or tiny sizes (28 px: 28-14-7-4-2-1) from shrinking to zero;
                 # on 32 px it is the plain 2x2 pooling.
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                layers[f"pool{block}"] = nn.MaxPool2d(2, ceil_mode=True)
+                block, conv = block + 1, 1
             else:
                 assert isinstance(item, int)
-                layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU()]
-                channels = item
-        self.features = nn.Sequential(*layers)
+                layers[f"conv{block}_{conv}"] = nn.Conv2d(channels, item, 3, padding=1)
+                layers[f"bn{block}_{conv}"] = nn.BatchNorm2d(item)
+                layers[f"act{block}_{conv}"] = nn.ReLU()
+                channels, conv = item, conv + 1
+        self.features = nn.Sequential(OrderedDict(layers))
         # 32 px input ends at 1x1 already; larger inputs are averaged down to it.
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(
-            nn.Linear(channels, 512),
-            nn.ReLU(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Linear(512, num_classes),
-        )
+        self.classifier = nn.Sequential(OrderedDict(
+            fc6=nn.Linear(channels, 512),
+            act6=nn.ReLU(),
+            fc7=nn.Linear(512, 512),
+            act7=nn.ReLU(),
+            fc8=nn.Linear(512, num_classes),
+        ))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        _numbered_to_named(state_dict, f"{prefix}features.", self.features)
+        _numbered_to_named(state_dict, f"{prefix}classifier.", self.classifier)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def vgg16(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> VGG:
     """True VGG-16 with batch norm (13 conv layers) for 32x32 input: 15 sites (13 conv + 2 fc).
 
-    Classifier Linear(512, 512)-act-Linear(512, 512)-act-Linear(512, ``num_classes``), no dropout.
-    Every activation is its own module instance. Other image sizes work through ceil-mode pooling
-    and a final adaptive average pool.
+    Sites ``features.act1_1`` … ``features.act5_3`` and ``classifier.act6``, ``classifier.act7``
+    (see :class:`VGG`). Classifier Linear(512, 512)-act-Linear(512, 512)-act-Linear(512,
+    ``num_classes``), no dropout. Every activation is its own module instance. Other image sizes
+    work through ceil-mode pooling and a final adaptive average pool.
     """
     if image_size < 1:
         raise ValueError(f"vgg16 needs image_size >= 1, got {image_size}")
@@ -322,8 +375,8 @@ class CifarResNet(nn.Module):
 def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> CifarResNet:
     """CIFAR ResNet-18: 3x3 stride-1 stem, no max pool, BasicBlocks [2, 2, 2, 2]; 17 sites.
 
-    The stem activation plus two per block (act1 inside, act2 after the residual add), each its own
-    module instance. Any image size works (global average pool before the classifier).
+    The stem activation ``act`` plus two per block (``layer1.0.act1`` inside, ``layer1.0.act2``
+    after the residual add, up to ``layer4.1.act2``), each its own module instance. Any image size works (global average pool before the classifier).
     """
     if image_size < 1:
         raise ValueError(f"resnet18 needs image_size >= 1, got {image_size}")
@@ -332,6 +385,9 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) 
 
 def efficientnet_b0(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """torchvision's EfficientNet-B0 (random weights); every SiLU is a site (49).
+
+    Sites keep torchvision's module names (``features.0.2`` for the stem, ``features.1.0.block.0.2``
+    …, ``features.8.2``), so torchvision's EfficientNet-B0 state dicts load as they are.
 
     Adaptations: for ``in_channels != 3`` the stem conv is replaced by one taking ``in_channels``;
     for small inputs (``image_size <= 32``, e.g. ImageNet-16 or CIFAR) the stem conv has stride 1 so

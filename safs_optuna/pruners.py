@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ TRAIN_LOSS_ATTR = "train_loss"
 CHANCE_ATTR = "chance_accuracy"
 REASON_ATTR = "pruned_reason"
 _DEFAULT_VAL_SIZE = 1000
+_UNSET: Any = object()  # tells an omitted deprecated argument from an explicit None
 
 
 class DivergencePruner(BasePruner):
@@ -44,7 +46,7 @@ class DivergencePruner(BasePruner):
        the chance level plus ``chance_margin`` (the level is ``chance_level`` if given, else
        the trial's user attr ``"chance_accuracy"``, which ``fit`` sets to
        ``100 / num_classes``; with neither, this rule is skipped);
-    3. ``inner`` prunes it.
+    3. ``wrapped_pruner`` prunes it.
 
     Intermediate values are expected in percent, as ``fit`` reports them.
 
@@ -86,9 +88,10 @@ class DivergencePruner(BasePruner):
                 print(t.number, t.state.name, t.user_attrs.get("pruned_reason", ""))
 
     Args:
-        inner:
+        wrapped_pruner:
             The pruner to defer to when neither rule applies; :obj:`None` never prunes
-            otherwise.
+            otherwise. (Named as in :class:`~optuna.pruners.PatientPruner`; the earlier keyword
+            ``inner`` still works but is deprecated and warns.)
         chance_epochs:
             How many of the last reported values must be at chance level; >= 1.
         chance_margin:
@@ -101,14 +104,26 @@ class DivergencePruner(BasePruner):
 
     def __init__(
         self,
-        inner: BasePruner | None = None,
+        wrapped_pruner: BasePruner | None = None,
         chance_epochs: int = 2,
         chance_margin: float = 1.0,
         chance_level: float | None = None,
+        *,
+        inner: BasePruner | None = _UNSET,
     ) -> None:
-        if inner is not None and not isinstance(inner, BasePruner):
+        if inner is not _UNSET:
+            if wrapped_pruner is not None:
+                raise TypeError("pass the wrapped pruner once, as wrapped_pruner (inner is its old name)")
+            warnings.warn(
+                "DivergencePruner(inner=...) is deprecated; use DivergencePruner(wrapped_pruner=...)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            wrapped_pruner = inner
+        if wrapped_pruner is not None and not isinstance(wrapped_pruner, BasePruner):
             raise TypeError(
-                f"inner must be an optuna.pruners.BasePruner or None, got {type(inner).__name__}"
+                "wrapped_pruner must be an optuna.pruners.BasePruner or None, "
+                f"got {type(wrapped_pruner).__name__}"
             )
         if (
             not isinstance(chance_epochs, numbers.Integral)
@@ -123,7 +138,7 @@ class DivergencePruner(BasePruner):
             raise ValueError(
                 f"chance_level must be None or a percentage in [0, 100], got {chance_level!r}"
             )
-        self._inner = inner
+        self._wrapped_pruner = wrapped_pruner
         self._chance_epochs = int(chance_epochs)
         self._chance_margin = float(chance_margin)
         self._chance_level = None if chance_level is None else float(chance_level)
@@ -132,15 +147,25 @@ class DivergencePruner(BasePruner):
         self.last_reason: str | None = None
 
     @property
+    def wrapped_pruner(self) -> BasePruner | None:
+        """The pruner deferred to when neither rule applies."""
+        return self._wrapped_pruner
+
+    @property
     def inner(self) -> BasePruner | None:
-        """The wrapped pruner."""
-        return self._inner
+        """Deprecated alias of :attr:`wrapped_pruner`."""
+        warnings.warn(
+            "DivergencePruner.inner is deprecated; use DivergencePruner.wrapped_pruner",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self._wrapped_pruner
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         reason = (
             self._divergence(trial)
             or self._chance(study, trial)
-            or self._inner_reason(study, trial)
+            or self._wrapped_reason(study, trial)
         )
         self.last_reason = reason
         if reason is None:
@@ -179,13 +204,13 @@ class DivergencePruner(BasePruner):
             f"({_percent(level)}) for {epochs}"
         )
 
-    def _inner_reason(self, study: Study, trial: FrozenTrial) -> str | None:
-        if self._inner is None or not self._inner.prune(study, trial):
+    def _wrapped_reason(self, study: Study, trial: FrozenTrial) -> str | None:
+        if self._wrapped_pruner is None or not self._wrapped_pruner.prune(study, trial):
             return None
         step = trial.last_step
         value = trial.intermediate_values.get(step) if step is not None else None
         detail = f" at step {step} (intermediate value {value:g})" if value is not None else ""
-        return f"pruned by {type(self._inner).__name__}{detail}"
+        return f"pruned by {type(self._wrapped_pruner).__name__}{detail}"
 
 
 class IncumbentPruner(BasePruner):

@@ -275,12 +275,42 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
 
 
 def finalize(model: nn.Module) -> nn.Module:
-    """Make the zeros permanent: remove every pruning reparametrisation (``prune.remove``).
+    """Make the masks permanent: the zeros become plain weights and the masks are gone.
 
-    Afterwards each pruned tensor is a plain ``nn.Parameter`` holding zeros where it was masked,
-    with no ``*_orig``/``*_mask`` entries and no hooks, ready for export (``torch.export``,
-    ``torch.jit.trace``, a state_dict that loads into an unpruned model). Training it further
-    no longer keeps those zeros. Returns ``model`` (modified in place).
+    :func:`magnitude_prune` keeps each pruned tensor as :mod:`torch.nn.utils.prune` does: a
+    trainable ``weight_orig``, a ``weight_mask`` buffer and a forward pre-hook that multiplies the
+    two before every forward. ``finalize`` removes that reparametrisation from every module of
+    ``model`` (``torch.nn.utils.prune.remove``): ``weight`` becomes a plain ``nn.Parameter`` that
+    holds ``weight_orig * weight_mask`` — exact zeros where the mask was 0 — and the
+    ``*_orig``/``*_mask`` entries and the hooks are deleted. The network computes exactly what it
+    computed before, and its ``state_dict`` loads into a model that was never pruned, as
+    ``torch.export``, ``torch.jit.trace`` and deployment need.
+
+    The masks are not kept anywhere: the model can no longer be fine-tuned with fixed masks, as
+    an optimizer step moves the zeros like any other weight. Finalize a copy when you may still
+    train, and call it once training is over. Modules that were never pruned are left alone, so
+    calling it twice is harmless.
+
+    Args:
+        model: Any ``nn.Module``, pruned or not; modified in place.
+
+    Returns:
+        ``model`` itself.
+
+    Example:
+
+        .. code-block:: python
+
+            import torch
+            import safs_optuna as so
+
+            model = so.build_model("lenet5")
+            so.magnitude_prune(model, ratio=0.9)
+            sorted(model.fc1.state_dict())  # ['bias', 'weight_mask', 'weight_orig']
+            so.finalize(model)
+            sorted(model.fc1.state_dict())  # ['bias', 'weight']
+            so.sparsity_report(model).ratio  # still 0.9: the zeros are now plain weights
+            torch.save(model.state_dict(), "lenet5_sparse.pt")  # loads into so.build_model("lenet5")
     """
     for module in model.modules():
         for name in _pruned_tensor_names(module):

@@ -31,7 +31,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "HParams",
-    "Diverged",
+    "DivergedError",
     "EpochStats",
     "FitResult",
     "Evaluation",
@@ -148,8 +148,10 @@ class HParams:
             )
 
 
-class Diverged(RuntimeError):
+class DivergedError(RuntimeError):
     """Training produced a NaN or infinite loss.
+
+    ``Diverged``, its earlier name, is kept as a deprecated alias of this class.
 
     Attributes:
         epoch: Epoch (from 0) in which the loss went non-finite.
@@ -167,6 +169,11 @@ class Diverged(RuntimeError):
     def __str__(self) -> str:
         where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch is not None else "")
         return f"training diverged at {where}: loss {self.loss}"
+
+
+# Deprecated alias (the same class object, so ``except Diverged`` still catches every
+# DivergedError); new code should use DivergedError.
+Diverged = DivergedError
 
 
 @dataclass
@@ -391,10 +398,10 @@ def fit(
     Returns:
         The best validation accuracy (percent), its epoch (from 0) and the per-epoch history.
         The model holds the weights of the best epoch, also when training stops early with
-        :class:`Diverged` or ``optuna.TrialPruned`` (if at least one epoch finished).
+        :class:`DivergedError` or ``optuna.TrialPruned`` (if at least one epoch finished).
 
     Raises:
-        Diverged: A batch loss was NaN or infinite; names the epoch and batch.
+        DivergedError: A batch loss was NaN or infinite; names the epoch and batch.
         optuna.TrialPruned: The trial's pruner stopped the trial.
 
     Notes:
@@ -548,7 +555,7 @@ def _score_eval(model: nn.Module, data: TensorDataset, device: torch.device) -> 
 def _check_losses(
     pending: list[Tensor], sizes: list[int], epoch: int, last_batch: int, trial: Any
 ) -> float:
-    """Sum of the pending batch losses weighted by batch size; raises Diverged on NaN/inf."""
+    """Sum of the pending batch losses weighted by batch size; raises DivergedError on NaN/inf."""
     losses = torch.stack(pending)
     # One device sync for all pending batches; float64 so that large finite losses times the
     # batch size do not overflow into a false divergence.
@@ -561,7 +568,7 @@ def _check_losses(
     loss = float(losses[bad])
     if trial is not None:
         trial.set_user_attr("train_loss", loss)
-    raise Diverged(epoch, loss, batch)
+    raise DivergedError(epoch, loss, batch)
 
 
 def _report(trial: Any, stats: EpochStats) -> None:

@@ -108,9 +108,99 @@ def test_include_rejects_unknown_types():
 
 def test_lenet_sites_are_in_model_order_and_layout_is_classic():
     model = make_searchable(build_model("lenet5"))
-    assert sites(model) == ["1", "4", "8", "10"]
-    assert model[7].in_features == 16 * 5 * 5  # 28 px with padding 2: the classic 400
-    assert model[11].out_features == 10
+    assert [name for name, _ in model.named_children()] == [
+        "conv1", "act1", "pool1", "conv2", "act2", "pool2", "flatten", "fc1", "act3", "fc2", "act4", "fc3",
+    ]
+    assert sites(model) == ["act1", "act2", "act3", "act4"]
+    assert model.fc1.in_features == 16 * 5 * 5  # 28 px with padding 2: the classic 400
+    assert model[7] is model.fc1 and model[11].out_features == 10  # still indexable
+
+
+def test_vgg16_site_names_follow_the_paper():
+    model = make_searchable(build_model("vgg16", in_channels=3, image_size=32))
+    blocks = [(1, 2), (2, 2), (3, 3), (4, 3), (5, 3)]
+    convs = [f"features.act{b}_{c}" for b, n in blocks for c in range(1, n + 1)]
+    assert sites(model) == [*convs, "classifier.act6", "classifier.act7"]
+    assert [name for name, _ in model.features.named_children()][:7] == [
+        "conv1_1", "bn1_1", "act1_1", "conv1_2", "bn1_2", "act1_2", "pool1",
+    ]
+    assert [name for name, _ in model.classifier.named_children()] == ["fc6", "act6", "fc7", "act7", "fc8"]
+
+
+def _numbered_lenet5(num_classes: int = 10) -> nn.Sequential:
+    """LeNet-5 as it was built while its layers were numbered: a flat nn.Sequential."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
+    )
+
+
+def _numbered_vgg16(num_classes: int = 10) -> nn.Module:
+    """VGG-16 as it was built while its layers were numbered (same forward as models.VGG)."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        else:
+            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU()]
+            channels = item
+    model = nn.Module()
+    model.features = nn.Sequential(*layers)
+    model.pool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Sequential(
+        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes)
+    )
+    return model
+
+
+def _numbered_vgg16_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.classifier(torch.flatten(model.pool(model.features(x)), 1))
+
+
+def test_named_lenet5_matches_the_numbered_one():
+    torch.manual_seed(0)
+    old = _numbered_lenet5()
+    torch.manual_seed(0)
+    new = build_model("lenet5")
+    # Same construction order, so the same seed gives the same initial weights.
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters(), strict=True))
+    x = torch.randn(3, 1, 28, 28)
+    torch.manual_seed(1)
+    old = _numbered_lenet5().eval()
+    new.load_state_dict(old.state_dict())  # keys "0.weight" ... land on "conv1.weight" ...
+    make_searchable(new.eval())
+    with torch.no_grad():
+        assert torch.equal(new(x), old(x))
+
+
+def test_named_vgg16_loads_numbered_state_dicts_with_masks_and_batch_norm_statistics():
+    torch.manual_seed(0)
+    old = _numbered_vgg16().eval()
+    with torch.no_grad():
+        for m in old.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-default running statistics must travel too
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    torch.nn.utils.prune.l1_unstructured(old.features[3], "weight", amount=0.5)
+    new = build_model("vgg16", in_channels=3, image_size=32)
+    torch.nn.utils.prune.identity(new.features.conv1_2, "weight")
+    new.load_state_dict(old.state_dict())
+    new.eval()
+    assert torch.equal(new.features.conv1_2.weight_mask, old.features[3].weight_mask)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(new(x), _numbered_vgg16_forward(old, x))
+
+
+def test_named_state_dicts_still_load_strictly():
+    model = make_searchable(build_model("lenet5"))
+    state = model.state_dict()
+    assert "act1.alpha" in state and not any(key[0].isdigit() for key in state)
+    build_model("lenet5").load_state_dict({k: v for k, v in state.items() if not k.startswith("act")})
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"fc9.weight\""):
+        build_model("lenet5").load_state_dict({**build_model("lenet5").state_dict(), "fc9.weight": torch.ones(1)})
 
 
 def test_vgg16_has_thirteen_convs_with_batch_norm():
@@ -239,14 +329,14 @@ def test_gradients_are_unchanged():
 def test_make_searchable_is_idempotent_and_returns_model():
     model = build_model("lenet5")
     assert make_searchable(model) is model
-    slots = [model[int(s)] for s in sites(model)]
+    slots = [model.get_submodule(s) for s in sites(model)]
     make_searchable(model)
-    assert [model[int(s)] for s in sites(model)] == slots
+    assert [model.get_submodule(s) for s in sites(model)] == slots
 
 
 def test_slots_follow_model_dtype():
     model = make_searchable(build_model("lenet5").double())
-    assert all(model[int(s)].alpha.dtype == torch.float64 for s in sites(model))
+    assert all(model.get_submodule(s).alpha.dtype == torch.float64 for s in sites(model))
     assert model(torch.randn(1, 1, 28, 28, dtype=torch.float64)).dtype == torch.float64
 
 

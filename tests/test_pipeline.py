@@ -82,7 +82,7 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count(" done ") + out.count(" NOTHING ") == 8  # a search may have found nothing, and say so
-    assert "Density per layer after sparsity 0.99 (layer):" in out and "| `0` | 150 | " in out
+    assert "Density per layer after sparsity 0.99 (layer):" in out and "| `conv1` | 150 | " in out
     assert main(["report", str(path)]) == 0
     assert "tiny activations" in capsys.readouterr().out
 
@@ -180,7 +180,7 @@ def test_dense_checkpoint_is_used_instead_of_training(tmp_path):
     assert trial.state.name == "COMPLETE" and trial.user_attrs["epochs"] == 0
     splits = so.data.load("quickstart")
     assert trial.value == pytest.approx(so.evaluate(so.make_searchable(dense), splits.val).accuracy)
-    assert torch.equal(pipe.sparse_model.get_submodule("0").weight_orig, dense.get_submodule("0").weight)
+    assert torch.equal(pipe.sparse_model.get_submodule("conv1").weight_orig, dense.get_submodule("conv1").weight)
 
     wrong = tmp_path / "wrong.pt"
     torch.save(so.build_model("vgg16").state_dict(), wrong)

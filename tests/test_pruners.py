@@ -171,7 +171,7 @@ def test_wraps_hyperband_inside_study_optimize() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"inner": "median"}, TypeError, "inner must be an optuna.pruners.BasePruner or None"),
+        ({"wrapped_pruner": "median"}, TypeError, "wrapped_pruner must be an optuna.pruners.BasePruner or None, got str"),
         ({"chance_epochs": 0}, ValueError, "chance_epochs must be an integer >= 1, got 0"),
         ({"chance_epochs": True}, ValueError, "chance_epochs must be an integer >= 1, got True"),
         ({"chance_epochs": 1.5}, ValueError, "chance_epochs must be an integer >= 1, got 1.5"),
@@ -188,6 +188,20 @@ def test_rejects_bad_arguments(kwargs: dict, error: type, message: str) -> None:
 
 
 def test_exposes_the_wrapped_pruner() -> None:
-    inner = MedianPruner()
-    assert DivergencePruner(inner).inner is inner
-    assert DivergencePruner().inner is None
+    wrapped = MedianPruner()
+    assert DivergencePruner(wrapped).wrapped_pruner is wrapped
+    assert DivergencePruner(wrapped_pruner=wrapped).wrapped_pruner is wrapped
+    assert DivergencePruner().wrapped_pruner is None
+
+
+def test_inner_is_a_deprecated_name_of_wrapped_pruner() -> None:
+    wrapped = MedianPruner()
+    with pytest.warns(FutureWarning, match=r"DivergencePruner\(inner=...\) is deprecated; use .*wrapped_pruner"):
+        pruner = DivergencePruner(inner=wrapped, chance_epochs=3)
+    assert pruner.wrapped_pruner is wrapped
+    with pytest.warns(FutureWarning, match="DivergencePruner.inner is deprecated"):
+        assert pruner.inner is wrapped
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="wrapped_pruner must be .* got str"):
+        DivergencePruner(inner="median")
+    with pytest.raises(TypeError, match="pass the wrapped pruner once"):
+        DivergencePruner(wrapped, inner=wrapped)

@@ -89,3 +89,32 @@ def test_position_seed_is_stable_across_processes():
 @pytest.mark.parametrize("other", [(1, 3, 0), (0, 0, 3), (0, 30), (0, 3), (0, 3, 0, 0), (0, 2, 1)])
 def test_position_seed_differs_for_different_inputs(other):
     assert position_seed(*other) != position_seed(0, 3, 0)
+
+
+def test_exported_and_its_docstring_example_resumes_identically():
+    import inspect
+    import re
+    import textwrap
+
+    import safs_optuna
+    import safs_optuna.samplers
+
+    assert safs_optuna.PositionSeededSampler is safs_optuna.samplers.PositionSeededSampler is PositionSeededSampler
+    doc = inspect.getdoc(PositionSeededSampler)
+    code = textwrap.dedent(re.search(r"\.\. code-block:: python\n(.*?)\n\S", doc, re.S).group(1))
+    namespace: dict = {}
+    exec(compile(code, "PositionSeededSampler example", "exec"), namespace)
+    resumed = [t.params for t in namespace["study"].trials]
+    straight = optuna.create_study(sampler=namespace["make_sampler"]())
+    straight.optimize(namespace["objective"], n_trials=10)
+    assert len(resumed) == 10 and resumed == [t.params for t in straight.trials]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"factory": "tpe"}, "factory must be a callable that builds a sampler from a seed, got str"),
+    ({"factory": optuna.samplers.RandomSampler, "seed": 1.5}, "seed must be an integer, got 1.5"),
+    ({"factory": optuna.samplers.RandomSampler, "seed": True}, "seed must be an integer, got True"),
+])
+def test_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        PositionSeededSampler(**kwargs)

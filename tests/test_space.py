@@ -217,13 +217,13 @@ def test_apply_changes_what_the_model_computes():
         back = model(x)
     assert not torch.allclose(before, changed)
     assert torch.allclose(before, back)
-    assert [model[int(s)].tree.formula for s in sites(model)] == ["relu(x)"] * 4
+    assert [model.get_submodule(s).tree.formula for s in sites(model)] == ["relu(x)"] * 4
 
 
 def test_apply_only_given_sites_and_learn_scale():
     model = _lenet()
     space = ActivationSpace.preset("safs")
-    space.apply(model, {"4": OperatorTree.unary("gelu")}, learn_scale=True)
+    space.apply(model, {"act2": OperatorTree.unary("gelu")}, learn_scale=True)
     assert model[4].tree == OperatorTree.unary("gelu")
     assert model[4].alpha.requires_grad and model[4].beta.requires_grad
     assert model[1].tree == OperatorTree.unary("relu") and not model[1].alpha.requires_grad
@@ -241,7 +241,7 @@ def test_apply_keeps_dtype_and_shared_slots():
 
 def test_apply_unknown_site_lists_model_sites():
     model = _lenet()
-    with pytest.raises(ValueError, match=r"unknown site '7'; the model's sites: 1, 4, 8, 10"):
+    with pytest.raises(ValueError, match=r"unknown site '7'; the model's sites: act1, act2, act3, act4"):
         ActivationSpace.preset("safs").apply(model, {"7": OperatorTree.unary("gelu")})
 
 

@@ -1,4 +1,4 @@
-"""Tests for safs_optuna.training: fit, evaluate, HParams, Diverged."""
+"""Tests for safs_optuna.training: fit, evaluate, HParams, DivergedError."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from safs_optuna.pruners import DivergencePruner
 from safs_optuna.training import (
     OPTIMIZERS,
     SCHEDULES,
-    Diverged,
+    DivergedError,
     EpochStats,
     Evaluation,
     HParams,
@@ -333,13 +333,23 @@ def test_nan_loss_raises_diverged_naming_epoch_and_batch(
     monkeypatch.setattr(training, "_LOSS_CHECK_EVERY_CPU", check_every)
     # 256 samples in batches of 64: 4 per epoch; e.g. forward 7 is epoch 1, batch 2.
     model = NaNAfter(mlp(), after=after)
-    with pytest.raises(Diverged) as info:
+    with pytest.raises(DivergedError) as info:
         fit(model, splits, HParams(batch_size=64), epochs=3, progress=False)
     err = info.value
     assert (err.epoch, err.batch) == (epoch, batch) and math.isnan(err.loss)
     assert f"epoch {epoch}, batch {batch}" in str(err)
     again = pickle.loads(pickle.dumps(err))
     assert (again.epoch, again.batch, str(again)) == (epoch, batch, str(err))
+
+
+def test_diverged_is_a_deprecated_alias_of_diverged_error(splits: Splits) -> None:
+    import safs_optuna
+
+    assert training.Diverged is DivergedError and safs_optuna.Diverged is DivergedError
+    assert safs_optuna.DivergedError is DivergedError and issubclass(DivergedError, RuntimeError)
+    assert "DivergedError" in safs_optuna.__all__ and "Diverged" not in safs_optuna.__all__
+    with pytest.raises(training.Diverged):  # code written against the old name still catches it
+        fit(NaNAfter(mlp(), after=1), splits, HParams(batch_size=64), 1, progress=False)
 
 
 def test_batched_loss_checks_give_the_same_mean_loss(
@@ -353,7 +363,7 @@ def test_batched_loss_checks_give_the_same_mean_loss(
 
 
 def test_exploding_learning_rate_raises_diverged(splits: Splits) -> None:
-    with pytest.raises(Diverged, match="training diverged at epoch"):
+    with pytest.raises(DivergedError, match="training diverged at epoch"):
         fit(mlp(), splits, HParams(optimizer="sgd", lr=1e12, batch_size=16), 5, progress=False)
 
 
@@ -403,7 +413,7 @@ def test_trial_pruned_when_the_pruner_says_so(splits: Splits) -> None:
 def test_diverged_sets_the_trial_train_loss(splits: Splits) -> None:
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
-    with pytest.raises(Diverged):
+    with pytest.raises(DivergedError):
         fit(NaNAfter(mlp(), after=5), splits, HParams(batch_size=64), 3, trial, progress=False)
     assert math.isnan(trial.user_attrs["train_loss"])
     assert list(study.trials[0].intermediate_values) == [0]  # epoch 1 never got reported

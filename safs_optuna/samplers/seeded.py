@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["PositionSeededSampler", "position_seed"]
 
 
 def position_seed(seed: int, *parts: int) -> int:
@@ -19,27 +22,62 @@ def position_seed(seed: int, *parts: int) -> int:
 
 
 class PositionSeededSampler(BaseSampler):
-    """Re-seed a sampler for every trial from the study's stored state.
+    """Sampler wrapper that makes any seeded sampler resume a study exactly.
 
     Optuna's samplers keep their random state in the process, so a study resumed in a new
     process (or continued by another worker) draws different parameters than one that never
-    stopped. This wrapper builds a fresh inner sampler for each trial, seeded from ``seed``,
-    the number of finished (complete or pruned) trials and the number of trials in flight —
-    the same numbers in every process — so an interrupted single-worker study proposes exactly
-    the trials an uninterrupted one would. Samplers without cross-trial state besides their
-    random generator (RandomSampler, TPESampler) are safe to wrap.
+    stopped. This wrapper builds a fresh sampler with ``factory(s)`` for each trial, where the
+    seed ``s`` is mixed from ``seed``, the number of finished (complete or pruned) trials and the
+    number of other trials in flight — numbers every process reads alike from the storage — so an
+    interrupted single-worker study proposes exactly the trials an uninterrupted one would, and a
+    trial that starts while another one runs gets a seed of its own.
+
+    Wrap samplers whose only cross-trial state besides the stored trials is their random
+    generator, such as :class:`~optuna.samplers.RandomSampler` and
+    :class:`~optuna.samplers.TPESampler`. A sampler that keeps other state in the process
+    (:class:`~optuna.samplers.CmaEsSampler`'s restarts, for one) gains nothing from it.
 
     Example:
 
-        .. code::
+        .. code-block:: python
 
-            sampler = PositionSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed=0)
-            study = optuna.create_study(sampler=sampler, storage="sqlite:///x.db")
+            import optuna
+            from safs_optuna.samplers import PositionSeededSampler
+
+
+            def objective(trial):
+                x = trial.suggest_float("x", -10, 10)
+                return (x - 2) ** 2
+
+
+            def make_sampler():
+                return PositionSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed=0)
+
+
+            storage = optuna.storages.InMemoryStorage()
+            study = optuna.create_study(storage=storage, study_name="x", sampler=make_sampler())
+            study.optimize(objective, n_trials=5)
+            # A new sampler instance, as in a new process, continues where the first one stopped:
+            study = optuna.load_study(storage=storage, study_name="x", sampler=make_sampler())
+            study.optimize(objective, n_trials=5)
+
+    Args:
+        factory:
+            Builds the sampler for one trial from a 32-bit seed, e.g.
+            ``lambda s: optuna.samplers.TPESampler(seed=s)``.
+        seed:
+            Seed of the whole study; studies with different seeds draw different trials.
     """
 
     def __init__(self, factory: Callable[[int], BaseSampler], seed: int = 0) -> None:
+        if not callable(factory):
+            raise TypeError(
+                f"factory must be a callable that builds a sampler from a seed, got {type(factory).__name__}"
+            )
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
         self._factory = factory
-        self._seed = seed
+        self._seed = int(seed)
         self._inner: dict[int, BaseSampler] = {}
 
     def _sampler(self, trial: FrozenTrial) -> BaseSampler:
