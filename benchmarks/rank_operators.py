@@ -33,7 +33,7 @@ def score(model, splits, formula: str, hp, epochs: int, seeds: list[int]) -> flo
         set_trees(m, {site: tree for site in so.sites(m)})
         try:
             values.append(so.fit(m, splits, hp, epochs, seed=seed, progress=False).best_val_accuracy)
-        except so.Diverged:
+        except so.DivergedError:
             values.append(0.0)
     return mean(values)
 

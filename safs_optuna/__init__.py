@@ -16,7 +16,8 @@ from . import data
 from .activation import OperatorTree, TreeActivation
 from .models import MODELS, build_model, make_searchable, sites
 from .operators import BINARY, UNARY
-from .pruners import DivergencePruner
+from .pruners import DivergencePruner, IncumbentPruner
+from .ranking import chance_band, trial_score
 from .samplers import LAHCSampler, PositionSeededSampler
 from .space import ActivationSpace
 from .sparsity import finalize, magnitude_prune, sparsity_report
@@ -25,6 +26,7 @@ from .training import Diverged, DivergedError, HParams, evaluate, fit
 # ``Diverged`` is importable as a deprecated alias of DivergedError but left out of __all__.
 __all__ = [
     "BINARY", "MODELS", "UNARY", "ActivationSpace", "DivergedError", "DivergencePruner", "HParams",
-    "LAHCSampler", "OperatorTree", "PositionSeededSampler", "TreeActivation", "build_model", "data",
-    "evaluate", "finalize", "fit", "magnitude_prune", "make_searchable", "sites", "sparsity_report",
+    "IncumbentPruner", "LAHCSampler", "OperatorTree", "PositionSeededSampler", "TreeActivation",
+    "build_model", "chance_band", "data", "evaluate", "finalize", "fit", "magnitude_prune",
+    "make_searchable", "sites", "sparsity_report", "trial_score",
 ]

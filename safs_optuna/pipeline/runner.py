@@ -31,7 +31,7 @@ from ..samplers import LAHCSampler
 from ..samplers.seeded import PositionSeededSampler, position_seed
 from ..sparsity import sparsity_report
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from ..training import Diverged, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
+from ..training import DivergedError, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
 from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
 from .resources import Resources
 from .stages import COLUMN_STAGES, STAGES, Stage, stage as stage_of
@@ -402,7 +402,7 @@ class Pipeline:
         epochs = self.cfg.final.epochs
         try:
             result = self._fit(model, self.splits, hp, epochs, stage.name, trial=None)
-        except Diverged as exc:
+        except DivergedError as exc:
             raise PipelineError(f"{stage.name}: fine-tuning diverged ({exc})") from exc
         return self._finish_once(stage, trial, model, result, learn, hp, epochs)
 
@@ -424,7 +424,7 @@ class Pipeline:
         label = f"{stage.name} #{trial.number}"
         try:
             result = self._fit(model, self.res.search_splits(section.fraction), hp, epochs, label, trial, until)
-        except Diverged as exc:
+        except DivergedError as exc:
             trial.set_user_attr("pruned_reason", f"diverged: {exc}")
             self.log(f"{label} pruned: diverged ({exc})")
             raise optuna.TrialPruned(str(exc)) from exc
