@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -151,17 +152,93 @@ def _log_path(cfg) -> Path:
     return folder / f"{cfg.name.split('/')[0]}.log"
 
 
+def _preflight(cfgs: Sequence) -> None:
+    """Every check ``run`` can make before it writes anything: storage, artifacts folder, data,
+    model, ``[sparsity] skip``, batch and subset sizes, the dense checkpoint. One line each."""
+    import torch
+
+    from .data import DatasetFormatError, DatasetNotFoundError
+    from .models import build_model
+    from .pipeline import load_splits
+    from .sparsity import prunable_modules
+    from .storage import check_storage
+
+    cfg = cfgs[0]
+    where = cfg.path or "<config>"
+    for c in cfgs:
+        check_storage(c.storage)  # a folder, an unwritable place or a damaged database: one line
+    art = Path(cfg.artifacts)
+    if art.exists() and not art.is_dir():
+        raise UserError(f"{where}: artifacts: {art} is a file, not a folder; point artifacts at a folder")
+    parent = next(p for p in (art, *art.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: artifacts: cannot create {art}: {parent} is not a writable folder")
+    try:
+        splits = load_splits(cfg)  # a missing dataset stops here, before anything is written
+    except (DatasetNotFoundError, DatasetFormatError):
+        raise
+    except (ValueError, TypeError) as exc:  # data found, but unusable (shape, labels, sizes)
+        raise UserError(f"{where}: [data] name {cfg.data.name!r}: {exc}") from None
+    try:
+        model = build_model(cfg.model.name, num_classes=splits.num_classes,
+                            in_channels=splits.in_channels, image_size=splits.image_size)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"{where}: [model] name {cfg.model.name!r} does not fit the images of "
+                        f"{cfg.data.name!r}: {exc}", EXIT_USAGE) from None
+    n, batch = len(splits.train), cfg.protocol.batch_size
+    if batch > n:
+        raise UserError(f"{where}: [protocol] batch_size: {batch} is more than the {n} training images "
+                        f"of {cfg.data.name!r}; use at most {n}", EXIT_USAGE)
+    for stage in ("activations", "hpo"):
+        fraction = getattr(cfg, stage).fraction
+        size = max(1, round(fraction * n))
+        if fraction < 1.0 and size < batch:
+            raise UserError(f"{where}: [{stage}] fraction: {fraction:g} of the {n} training images is "
+                            f"{size}, less than one batch ([protocol] batch_size = {batch}); use "
+                            f"fraction >= {batch / n:.3g} or a smaller batch_size", EXIT_USAGE)
+    layers = list(prunable_modules(model))
+    # A path skips the layer of that name, or every layer below it (as magnitude_prune reads it).
+    valid = [m for m, _ in model.named_modules() if m and any(n == m or n.startswith(m + ".") for n in layers)]
+    for path in cfg.sparsity.skip:
+        if path not in valid:
+            raise UserError(f"{where}: [sparsity] skip: {path!r} is not a module of {cfg.model.name!r} "
+                            f"that holds weights to prune; valid: {', '.join(valid)}", EXIT_USAGE)
+    if cfg.dense.checkpoint:  # read again by the dense stage; here it fails before anything is written
+        path = cfg.dense.checkpoint
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors come in many types
+            # torch's own advice (weights_only=False) would run code from the file: keep its cause only.
+            text = str(exc)
+            cause = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
+            why = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+            raise UserError(f"{where}: [dense] checkpoint {path}: cannot be read as a state_dict saved "
+                            f"with torch.save(model.state_dict(), path) ({why})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
+            raise UserError(f"{where}: [dense] checkpoint {path} does not fit model {cfg.model.name!r} "
+                            f"on {cfg.data.name!r}: {exc}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import default_threads, load_splits, set_threads, work_all
+    from .pipeline import default_threads, set_threads, work_all
     from .progress import LiveView
 
-    cfgs = _configs(args)
+    try:
+        cfgs = _configs(args)
+    except ValueError as exc:  # a --seeds value that StudyConfig.for_seed refuses
+        raise UserError(f"--seeds {args.seeds}: {exc}", EXIT_USAGE) from None
     cfg = cfgs[0]
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
     threads = cfg.threads or default_threads(args.workers)
     _check_device(cfg)
-    load_splits(cfg)  # a missing dataset stops here, before anything is written to the storage
+    _preflight(cfgs)
     # On a terminal: one live line per stage; the per-epoch lines go to a log file (--verbose: screen).
     live = sys.stderr.isatty() and not args.verbose
     logfile = None
@@ -439,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    # Messages that carry a library's text (torch's load_state_dict lists keys on lines of their
+    # own) still print as one line, so scripts can read the cause from stderr's last line.
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -453,10 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"safs-optuna: {exc}", file=sys.stderr)
+        print(f"safs-optuna: {_one_line(exc)}", file=sys.stderr)
         return exc.code
     except (PipelineError, StorageError, DatasetNotFoundError, DatasetFormatError, CheckpointError) as exc:
-        print(f"safs-optuna: {exc}", file=sys.stderr)
+        print(f"safs-optuna: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nsafs-optuna: interrupted; run the same command again to resume", file=sys.stderr)

@@ -21,6 +21,26 @@ except ``name``, and a missing key takes the default of the matching dataclass b
     [hpo.space]    optimizers, lr, momentum, weight_decay, schedules, learn_scale
     [final]        epochs
 
+Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, excludes b)::
+
+    seed                          [0, 2**32)             numpy's seeds must be below 2**32
+    threads                       [0, 1024]              0 = the cores split between workers
+    [data] val_size               (0, 1)
+    [sparsity] ratio              (0, 1)                 0 prunes nothing: nothing to recover
+    [sparsity] skip               module paths of the model (checked by ``run`` before it starts)
+    [dense] epochs                [1, 100 000]           [0, 100 000] with a checkpoint
+    [protocol] lr                 (0, 10]
+    [protocol] momentum           [0, 1)
+    [protocol] weight_decay       [0, 1]
+    [protocol] batch_size         [1, 65 536]            and at most the training images (``run``)
+    [activations] trials          [1, 100 000]
+    [activations] epochs          [1, 100 000] or "auto"
+    [activations] fraction        [0.0001, 1]            and a subset of at least one batch (``run``)
+    [activations] history         [1, 1000]
+    [hpo] trials, epochs          [1, 100 000]
+    [hpo] fraction                [0.0001, 1]            and a subset of at least one batch (``run``)
+    [final] epochs                [1, 100 000]
+
 Relative paths are resolved against the folder of the config file (the current directory for
 :func:`parse_config` without a path), never against the directory a command runs in, so that
 every worker finds the same files: a ``sqlite:///relative.db`` URL, ``artifacts``,
@@ -108,6 +128,15 @@ _DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 _IMAGENET16_CLASSES = re.compile(r"imagenet16-([0-9]+)")
 _SEED_LIMIT = 2**32  # numpy's seeds must be below this
+# Upper bounds that catch a typo (an extra digit or three) before it books a machine for years.
+_MAX_EPOCHS = 100_000
+_MAX_TRIALS = 100_000
+_MAX_BATCH_SIZE = 65_536
+_MAX_THREADS = 1024
+_MAX_HISTORY = 1000
+_MAX_LR = 10.0
+_MAX_WEIGHT_DECAY = 1.0
+_MIN_FRACTION = 1e-4
 
 
 # --- the config -----------------------------------------------------------------------------
@@ -368,6 +397,9 @@ def load_config(
         raise ConfigError(source, "", f"cannot read the config: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; this is another kind of file
+        raise ConfigError(source, "", f"not valid TOML: not UTF-8 text (byte {exc.start}); "
+                                      "save the config as UTF-8") from exc
     return _parse(data, Path(source), source, overrides or {})
 
 
@@ -478,6 +510,11 @@ class _Section:
         if value < low:
             self.fail(name, f"must be >= {low}, got {_show(value)}")
 
+    def at_most(self, name: str, value: float, high: float) -> None:
+        if value > high:
+            shown = f"{high:,}".replace(",", " ")  # 100 000: the digits a typo adds stand out
+            self.fail(name, f"must be <= {shown}, got {_show(value)}")
+
     def interval(
         self, name: str, value: float, low: float, high: float, closed: str = "[)"
     ) -> None:
@@ -536,6 +573,8 @@ def _parse(
         ctx.fail("device", f"unknown device {top['device']!r}; valid: cpu, cuda, cuda:N, mps")
     if top.get("threads", 0) < 0:
         ctx.fail("threads", f"must be >= 0 (0 = automatic), got {top['threads']}")
+    if top.get("threads", 0) > _MAX_THREADS:
+        ctx.fail("threads", f"must be in [0, {_MAX_THREADS}] (0 = automatic), got {top['threads']}")
 
     sections = {k: _parse_section(cls, data.get(k, {}), k, ctx) for k, cls in _SECTIONS.items()}
     return StudyConfig(
@@ -695,7 +734,7 @@ def _show(value: Any) -> str:
 
 
 def _check_storage(url: str, ctx: _Context) -> str:
-    from safs_optuna.storage import redact  # messages never show a password
+    from safs_optuna.storage import StorageError, check_url, redact  # messages never show a password
 
     match = _URL.fullmatch(url)
     if match is None:
@@ -711,8 +750,14 @@ def _check_storage(url: str, ctx: _Context) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         valid = ", ".join(STORAGE_SCHEMES)
         ctx.fail("storage", f"unknown storage scheme {scheme!r} in {redact(url)!r}{hint}; valid: {valid}")
-    if dialect != "sqlite" or rest == "":
-        return url  # servers are used as given; "sqlite://" is an in-memory database
+    if dialect != "sqlite":
+        try:  # a bad port or IPv6 bracket fails here, not deep inside the driver at the first open
+            check_url(url)
+        except StorageError as exc:
+            ctx.fail("storage", str(exc))
+        return url  # servers are used as given
+    if rest == "":
+        return url  # "sqlite://" is an in-memory database
     if not rest.startswith("/"):
         ctx.fail(
             "storage",
@@ -757,6 +802,9 @@ def _check_sparsity(c: SparsityConfig, s: _Section) -> SparsityConfig:
     from safs_optuna.sparsity import SCOPES
 
     s.interval("ratio", c.ratio, 0.0, 1.0, "[)")
+    if c.ratio == 0.0:
+        s.fail("ratio", "must be in (0.0, 1.0), got 0.0: a ratio of 0 prunes nothing, so there is "
+                        "nothing for SAFS to recover; the paper's is 0.99")
     s.choice("scope", c.scope, SCOPES, "scope")
     if "" in c.skip:
         s.fail("skip", f"module names must not be empty, got {_show(c.skip)}")
@@ -764,6 +812,7 @@ def _check_sparsity(c: SparsityConfig, s: _Section) -> SparsityConfig:
 
 
 def _check_dense(c: DenseConfig, s: _Section) -> DenseConfig:
+    s.at_most("epochs", c.epochs, _MAX_EPOCHS)
     if c.checkpoint is None:
         s.at_least("epochs", c.epochs, 1)
         return c
@@ -780,10 +829,13 @@ def _check_protocol(c: ProtocolConfig, s: _Section) -> ProtocolConfig:
     s.choice("optimizer", c.optimizer, OPTIMIZERS, "optimizer")
     if not c.lr > 0:
         s.fail("lr", f"must be > 0, got {_show(c.lr)}")
+    s.at_most("lr", c.lr, _MAX_LR)
     s.interval("momentum", c.momentum, 0.0, 1.0, "[)")
     s.at_least("weight_decay", c.weight_decay, 0.0)
+    s.at_most("weight_decay", c.weight_decay, _MAX_WEIGHT_DECAY)
     s.choice("schedule", c.schedule, SCHEDULES, "schedule")
     s.at_least("batch_size", c.batch_size, 1)
+    s.at_most("batch_size", c.batch_size, _MAX_BATCH_SIZE)
     try:  # whatever else HParams demands (e.g. of combinations) is a config error too
         c.hparams()
     except (TypeError, ValueError) as exc:
@@ -795,13 +847,18 @@ def _check_stage(c: ActivationsConfig | HPOConfig, s: _Section) -> None:
     s.choice("sampler", c.sampler, SAMPLERS, "sampler")
     s.choice("pruner", c.pruner, PRUNERS, "pruner")
     s.at_least("trials", c.trials, 1)
+    s.at_most("trials", c.trials, _MAX_TRIALS)
     if isinstance(c.epochs, str):
         if c.epochs != AUTO or not isinstance(c, ActivationsConfig):
             valid = 'an integer >= 1 or "auto"' if isinstance(c, ActivationsConfig) else "an integer >= 1"
             s.fail("epochs", f"expected {valid}, got {_show(c.epochs)}")
     else:
         s.at_least("epochs", c.epochs, 1)
+        s.at_most("epochs", c.epochs, _MAX_EPOCHS)
     s.interval("fraction", c.fraction, 0.0, 1.0, "(]")
+    if c.fraction < _MIN_FRACTION:
+        s.fail("fraction", f"must be in [{_MIN_FRACTION}, 1.0], got {_show(c.fraction)}: "
+                           "a search subset that small holds almost no images")
 
 
 def _check_activations(c: ActivationsConfig, s: _Section) -> ActivationsConfig:
@@ -816,6 +873,7 @@ def _check_activations(c: ActivationsConfig, s: _Section) -> ActivationsConfig:
         s.choices("binary", c.binary, BINARY, "binary operator")
     _check_stage(c, s)
     s.at_least("history", c.history, 1)
+    s.at_most("history", c.history, _MAX_HISTORY)
     s.choice("lahc", c.lahc, VARIANTS, "LAHC variant")
     return c
 
@@ -839,6 +897,7 @@ def _check_hpo(c: HPOConfig, s: _Section) -> HPOConfig:
 
 def _check_final(c: FinalConfig, s: _Section) -> FinalConfig:
     s.at_least("epochs", c.epochs, 1)
+    s.at_most("epochs", c.epochs, _MAX_EPOCHS)
     return c
 
 

@@ -565,3 +565,66 @@ def test_activations_lahc_variant(tmp_path):
     assert "[activations] lahc: unknown LAHC variant 'paper'" in message
     assert "valid: textbook, paper-code" in message
     assert "lahc" in error(tmp_path, "[activations]\ntrails = 5\n").split("valid keys of [activations]: ")[1]
+# --- upper bounds: a typo's extra digits fail with the valid range --------------------------
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("threads = 1025\n", "threads: must be in [0, 1024] (0 = automatic), got 1025"),
+        ("[sparsity]\nratio = 0\n", "[sparsity] ratio: must be in (0.0, 1.0), got 0.0: a ratio of 0 prunes nothing"),
+        ("[dense]\nepochs = 100001\n", "[dense] epochs: must be <= 100 000, got 100001"),
+        ("[dense]\nepochs = 100001\ncheckpoint = 'w.pt'\n", "[dense] epochs: must be <= 100 000, got 100001"),
+        ("[protocol]\nlr = 11\n", "[protocol] lr: must be <= 10.0, got 11.0"),
+        ("[protocol]\nweight_decay = 2\n", "[protocol] weight_decay: must be <= 1.0, got 2.0"),
+        ("[protocol]\nbatch_size = 65537\n", "[protocol] batch_size: must be <= 65 536, got 65537"),
+        ("[activations]\ntrials = 100001\n", "[activations] trials: must be <= 100 000, got 100001"),
+        ("[activations]\nepochs = 100001\n", "[activations] epochs: must be <= 100 000, got 100001"),
+        ("[activations]\nhistory = 1001\n", "[activations] history: must be <= 1 000, got 1001"),
+        ("[activations]\nfraction = 5e-5\n", "[activations] fraction: must be in [0.0001, 1.0], got 5e-05"),
+        ("[hpo]\ntrials = 100001\n", "[hpo] trials: must be <= 100 000, got 100001"),
+        ("[hpo]\nepochs = 100001\n", "[hpo] epochs: must be <= 100 000, got 100001"),
+        ("[hpo]\nfraction = 1e-5\n", "[hpo] fraction: must be in [0.0001, 1.0], got 1e-05"),
+        ("[final]\nepochs = 100001\n", "[final] epochs: must be <= 100 000, got 100001"),
+    ],
+)
+def test_upper_bounds(tmp_path, text, fragment):
+    assert fragment in error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "threads = 1024\n",
+        "[sparsity]\nratio = 1e-6\n",
+        "[protocol]\nlr = 10\nweight_decay = 1\nbatch_size = 65536\n",
+        "[activations]\ntrials = 100000\nepochs = 100000\nhistory = 1000\nfraction = 1e-4\n",
+        "[hpo]\ntrials = 100000\nepochs = 100000\nfraction = 1e-4\n",
+        "[final]\nepochs = 100000\n",
+        "[dense]\nepochs = 100000\n",
+    ],
+)
+def test_the_bounds_themselves_are_valid(tmp_path, text):
+    load_config(write(tmp_path, 'name = "s"\n' + text))
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("postgresql://u@h:99999/db", "malformed storage URL postgresql://u@h:99999/db"),
+        ("postgresql://u@h:0/db", "port 0"),
+        ("postgresql://u@[::1/db", "IPv6"),
+        ("mysql://u:secret@h:x/db", "mysql://u:***@h:x/db"),
+    ],
+)
+def test_malformed_server_urls_are_config_errors(tmp_path, url, fragment):
+    message = error(tmp_path, f"storage = {json.dumps(url)}\n")
+    assert f"storage: {fragment}" in message or ("storage: " in message and fragment in message)
+    assert "secret" not in message
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_bytes(b'name = "s\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)
