@@ -179,3 +179,34 @@ def program_accuracy(module: Callable[[torch.Tensor], torch.Tensor], dataset: Te
         for i in range(0, len(labels), batch_size):
             correct += int((module(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
     return 100.0 * correct / max(1, len(labels))
+
+
+def load_dense_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a user's dense weights into ``model``: a ``state_dict`` saved with
+    ``torch.save(model.state_dict(), path)``, or a dict holding one under ``"state_dict"``.
+
+    Raises:
+        CheckpointError: one line naming the file: unreadable (torch's advice to load it with
+            ``weights_only=False`` is left out: that would run code from the file) or not
+            fitting the model.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        text = str(exc)
+        cause = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
+        why = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+        raise CheckpointError(f"[dense] checkpoint {path}: cannot be read as a state_dict saved with "
+                              f"torch.save(model.state_dict(), path) ({why})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__  # torch's message spans lines
+        raise CheckpointError(f"[dense] checkpoint {path} does not fit model "
+                              f"{type(model).__name__}: {text}") from None

@@ -22,6 +22,7 @@ else:  # pragma: no cover - Python 3.10
 from . import __version__
 
 EXIT_USAGE = 2
+MAX_SEEDS = 1000
 
 
 class UserError(Exception):
@@ -71,9 +72,14 @@ def _seeds(args: argparse.Namespace) -> list[int] | None:
     try:
         for part in text.split(","):
             lo, sep, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+            lo_n, hi_n = int(lo), int(hi) if sep else int(lo)
+            if hi_n - lo_n >= MAX_SEEDS:
+                raise UserError(f"--seeds {text}: at most {MAX_SEEDS} seeds at once", EXIT_USAGE)
+            seeds += list(range(lo_n, hi_n + 1))
     except ValueError:
         raise UserError(f"--seeds takes integers like 0,1,2 or 0-4, got {text!r}", EXIT_USAGE) from None
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f"--seeds {text}: at most {MAX_SEEDS} seeds at once", EXIT_USAGE)
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UserError(f"--seeds needs distinct integers >= 0, got {text!r}", EXIT_USAGE)
     return seeds
@@ -83,6 +89,9 @@ def _configs(args: argparse.Namespace) -> list:
     """The config, or one per ``--seeds`` seed (each in studies ``<name>/seed<N>/<stage>``)."""
     cfg = _config(args)
     seeds = _seeds(args)
+    bad = [s for s in seeds or [] if s >= 2**32]
+    if bad:
+        raise UserError(f"--seeds {args.seeds}: seeds must be below 2**32, got {bad[0]}", EXIT_USAGE)
     return [cfg] if seeds is None else [cfg.for_seed(s) for s in seeds]
 
 
@@ -204,35 +213,19 @@ def _preflight(cfgs: Sequence) -> None:
             raise UserError(f"{where}: [sparsity] skip: {path!r} is not a module of {cfg.model.name!r} "
                             f"that holds weights to prune; valid: {', '.join(valid)}", EXIT_USAGE)
     if cfg.dense.checkpoint:  # read again by the dense stage; here it fails before anything is written
-        path = cfg.dense.checkpoint
+        from .checkpoint import CheckpointError, load_dense_weights
+
         try:
-            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling errors come in many types
-            # torch's own advice (weights_only=False) would run code from the file: keep its cause only.
-            text = str(exc)
-            cause = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
-            why = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
-            raise UserError(f"{where}: [dense] checkpoint {path}: cannot be read as a state_dict saved "
-                            f"with torch.save(model.state_dict(), path) ({why})") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
-            raise UserError(f"{where}: [dense] checkpoint {path} does not fit model {cfg.model.name!r} "
-                            f"on {cfg.data.name!r}: {exc}") from None
+            load_dense_weights(model, cfg.dense.checkpoint)
+        except CheckpointError as exc:
+            raise UserError(f"{where}: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import default_threads, set_threads, work_all
     from .progress import LiveView
 
-    try:
-        cfgs = _configs(args)
-    except ValueError as exc:  # a --seeds value that StudyConfig.for_seed refuses
-        raise UserError(f"--seeds {args.seeds}: {exc}", EXIT_USAGE) from None
+    cfgs = _configs(args)
     cfg = cfgs[0]
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
@@ -310,6 +303,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     cfgs = _configs(args)
     _check_device(cfgs[0])
+    _preflight(cfgs)  # a worker started alone writes nothing either before its inputs are checked
     set_threads(args.threads or cfgs[0].threads or default_threads(1))
     work_all([_pipeline(c, worker=args.worker_id) for c in cfgs])
     return 0

@@ -132,7 +132,12 @@ class Resources:
         if self._sparse is None:
             model, _ = self.load("dense")
             sp = self.cfg.sparsity
-            magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip)
+            try:
+                magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip)
+            except ValueError as exc:  # e.g. a [sparsity] skip that names no layer of this model
+                from .studies import PipelineError
+
+                raise PipelineError(f"[sparsity] of {self.cfg.path or 'the config'}: {exc}") from None
             self._sparse = model
         return self._sparse
 

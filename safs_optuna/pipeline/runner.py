@@ -382,18 +382,12 @@ class Pipeline:
         return self._finish_once(stage, trial, model, result, False, hp, epochs)
 
     def _load_user_weights(self, model: nn.Module, path: str) -> None:
-        """The user's dense weights: a state_dict, or a dict holding one under "state_dict"."""
+        from ..checkpoint import CheckpointError, load_dense_weights
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling errors come in many types
-            raise PipelineError(f"[dense] checkpoint {path}: cannot be read as a torch state_dict ({exc})") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise PipelineError(f"[dense] checkpoint {path} does not fit model {self.cfg.model.name!r} "
-                                f"({self.res.arch}): {exc}") from exc
+            load_dense_weights(model, path)
+        except CheckpointError as exc:
+            raise PipelineError(str(exc)) from None
 
     def _finetune(self, stage: Stage, trial: optuna.Trial) -> float:
         trial.set_user_attr(INPUTS_ATTR, self.studies.inputs(stage))
