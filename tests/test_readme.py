@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_plugin_example_runs(tmp_path, monkeypatch):
     text = README.read_text()
     code = re.search(r"## Inside your own Optuna study.*?```python\n(.*?)```", text, re.S).group(1)
-    assert "so.LAHCSampler" in code and "so.DivergencePruner" in code
+    assert "so.LAHCSampler" in code and "so.IncumbentPruner" in code and "so.trial_score" in code
     small = (code.replace("epochs=5", "epochs=1").replace("epochs=2", "epochs=1")
              .replace("n_trials=20", "n_trials=3").replace('so.data.load("quickstart")',
                                                             'so.data.load("quickstart").search_subset(0.1)'))
