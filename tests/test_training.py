@@ -499,3 +499,20 @@ def test_evaluate_accuracy_in_percent_and_restores_modes(splits: Splits) -> None
     assert torch.equal(model[1].running_mean, before)  # eval mode: statistics untouched
     with pytest.raises(ValueError, match="empty dataset"):
         evaluate(model, TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)))
+
+
+def test_a_pruned_model_deep_copies_right_after_fit():
+    # fit restores the best epoch's weights; torch.nn.utils.prune's recomputed weight must not
+    # keep an autograd graph, or copy.deepcopy (every trial's fresh copy) raises.
+    import copy
+
+    import safs_optuna as so
+
+    splits = so.data.load("quickstart").search_subset(0.05)
+    model = so.make_searchable(so.build_model("lenet5"))
+    so.magnitude_prune(model, 0.9, scope="layer")
+    so.fit(model, splits, so.HParams(optimizer="adam", lr=1e-3, batch_size=256), epochs=1)
+    twin = copy.deepcopy(model)
+    x = splits.val.tensors[0][:8]
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))

@@ -130,7 +130,9 @@ class Resources:
     def sparse_model(self) -> nn.Module:
         """The dense weights with the config's sparsity: the start of every fine-tune (copied)."""
         if self._sparse is None:
-            model, _ = self.load("dense")
+            from .stages import STAGES
+
+            model, _ = self.load(next(s.name for s in STAGES if s.body == "dense"))
             sp = self.cfg.sparsity
             try:
                 magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip)

@@ -113,7 +113,7 @@ class Studies:
         for key in RUNTIME_KEYS:
             d.pop(key, None)
         # Budgets may grow on resume ("run 10 more trials"); everything else defines the study.
-        for section in ("activations", "hpo"):
+        for section in {s.section for s in STAGES if s.section}:
             d.get(section, {}).pop("trials", None)
         return json.loads(json.dumps(d, default=str))
 
