@@ -635,3 +635,4 @@ def test_lahc_package_stopping_rule() -> None:
     assert not flat.sampler.lahc_package_would_stop(flat)
     run(flat, 1, lambda t: (suggest(t), 0.0)[1])
     assert flat.sampler.lahc_package_would_stop(flat)
+
