@@ -181,9 +181,11 @@ def program_accuracy(module: Callable[[torch.Tensor], torch.Tensor], dataset: Te
     return 100.0 * correct / max(1, len(labels))
 
 
-def load_dense_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def load_dense_weights(model: nn.Module, path: str | os.PathLike[str], name: str | None = None) -> None:
     """Load a user's dense weights into ``model``: a ``state_dict`` saved with
     ``torch.save(model.state_dict(), path)``, or a dict holding one under ``"state_dict"``.
+
+    ``name`` is how the message names the model (default: its class).
 
     Raises:
         CheckpointError: one line naming the file: unreadable (torch's advice to load it with
@@ -209,4 +211,4 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__  # torch's message spans lines
         raise CheckpointError(f"[dense] checkpoint {path} does not fit model "
-                              f"{type(model).__name__}: {text}") from None
+                              f"{name or type(model).__name__!r}: {text}") from None

@@ -216,7 +216,7 @@ def _preflight(cfgs: Sequence) -> None:
         from .checkpoint import CheckpointError, load_dense_weights
 
         try:
-            load_dense_weights(model, cfg.dense.checkpoint)
+            load_dense_weights(model, cfg.dense.checkpoint, name=cfg.model.name)
         except CheckpointError as exc:
             raise UserError(f"{where}: {exc}") from None
 

@@ -274,7 +274,7 @@ def test_two_seeds_report_mean_and_sd(tmp_path):
     row = next(line for line in report.stdout.splitlines() if "mean ± sd" in line)
     mean = (seeds[0] + seeds[1]) / 2
     sd = abs(seeds[0] - seeds[1]) / 2 ** 0.5
-    assert f"{mean:.2f} ± {sd:.2f}" in row.split("|")[5]  # the SAFS column
+    assert f"{mean:.2f} ± {sd:.2f}" in row.split("|")[6]  # the SAFS column
     status = _cli("status", str(path), "--seeds", "1")
     assert "tiny/seed1" in status.stdout and "tiny/seed0" not in status.stdout
 

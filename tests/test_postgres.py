@@ -113,7 +113,9 @@ def test_pipeline_with_two_workers_on_postgres_then_status_and_report(postgres_s
     assert status.returncode == 0, status.stderr[-3000:]
     assert ":***@127.0.0.1" in status.stdout
     for stage in STAGES:
-        assert any(line.split()[:2] == [stage, "done"] for line in status.stdout.splitlines()), stage
+        # a search stage with the tiny budget may have found nothing, and says so
+        assert any(line.split()[:2] in ([stage, "done"], [stage, "NOTHING"])
+                   for line in status.stdout.splitlines()), stage
 
     report = _cli("report", str(cfg), "--storage", url, cwd=tmp_path)
     outputs.append(report.stdout + report.stderr)

@@ -385,7 +385,7 @@ class Pipeline:
         from ..checkpoint import CheckpointError, load_dense_weights
 
         try:
-            load_dense_weights(model, path)
+            load_dense_weights(model, path, name=self.cfg.model.name)
         except CheckpointError as exc:
             raise PipelineError(str(exc)) from None
 
