@@ -120,7 +120,7 @@ def test_pipeline_with_two_workers_on_postgres_then_status_and_report(postgres_s
     report = _cli("report", str(cfg), "--storage", url, cwd=tmp_path)
     outputs.append(report.stdout + report.stderr)
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "| tiny (measured) |" in report.stdout and "final activations:" in report.stdout
+    assert "| tiny (measured) |" in report.stdout and "tiny activations:" in report.stdout
 
     # The password was never printed by any command.
     assert all(PASSWORD not in out for out in outputs)
