@@ -106,12 +106,19 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
     assert check.stdout.strip() == "ok", check.stderr[-2000:]
 
 
+def _slower_search(path: Path) -> Path:
+    """Stage-1 candidates on half the training split, so that a run can be caught mid-trial."""
+    head, sep, rest = path.read_text().partition("[activations]\n")
+    path.write_text(head + sep + rest.replace("fraction = 0.1", "fraction = 0.5", 1))
+    return path
+
+
 def _interrupt_when(cmd: list[str], ready, sig: int) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "safs_optuna.cli", *cmd], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(sig)
     proc.wait(timeout=120)
@@ -119,11 +126,11 @@ def _interrupt_when(cmd: list[str], ready, sig: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_resumes_as_if_never_stopped(tmp_path, sig):
-    ref_path = write_config(tmp_path, trials=4, name="ref")
+    ref_path = _slower_search(write_config(tmp_path, trials=4, name="ref"))
     assert _cli("run", str(ref_path)).returncode == 0
     ref = load_config(ref_path)
 
-    path = write_config(tmp_path, trials=4)
+    path = _slower_search(write_config(tmp_path, trials=4))
     cfg = load_config(path)
 
     def mid_stage1() -> bool:  # stop inside the activation search, with a trial running
@@ -229,7 +236,7 @@ def _auto(path: Path) -> Path:
 
 
 def test_auto_epochs_are_recorded_and_a_killed_run_resumes_identically(tmp_path):
-    ref_path = _auto(write_config(tmp_path, trials=4, name="ref"))
+    ref_path = _slower_search(_auto(write_config(tmp_path, trials=4, name="ref")))
     assert _cli("run", str(ref_path)).returncode == 0
     ref = load_config(ref_path)
     study = optuna.load_study(study_name="ref/activations", storage=ref.storage)
@@ -239,7 +246,7 @@ def test_auto_epochs_are_recorded_and_a_killed_run_resumes_identically(tmp_path)
     assert start.user_attrs.get("start") and len(start.intermediate_values) == epochs
     assert all(len(t.intermediate_values) <= epochs for t in _trials(ref, "activations"))
 
-    path = _auto(write_config(tmp_path, trials=4))
+    path = _slower_search(_auto(write_config(tmp_path, trials=4)))
     cfg = load_config(path)
 
     def mid_stage1() -> bool:
