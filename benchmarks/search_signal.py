@@ -46,8 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "studies" / "quickstart.toml"
-STAGES = ("baseline", "stage1", "stage2", "final")
-HEADERS = ("magnitude pruning", "stage 1", "stage 2", "SAFS")
+STAGES = ("dense", "baseline", "stage1", "stage2", "final")
+HEADERS = ("dense", "magnitude pruning", "stage 1", "stage 2", "SAFS")
 BEFORE_SETTINGS = ["activations.epochs=2", 'activations.pruner="divergence"', 'activations.preset="safs"',
                    "hpo.space.learn_scale=[true, false]", 'hpo.pruner="divergence+hyperband"']
 VARIANTS = {
@@ -76,8 +76,9 @@ def _run(workdir: Path, dataset: str, variant: str, seed: int, overrides: list[s
     name = f"sig-{dataset}-{variant}-s{seed}"
     db = workdir / f"{name}.db"
     done = workdir / f"{name}.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if done.exists():  # finished: its numbers are read again from its storage
+        kept = json.loads(done.read_text())
+        return {**kept, **_read(db, name)} if db.exists() else kept
     config = CONFIG
     extra = VARIANTS[variant]
     if variant == "before":
@@ -182,7 +183,7 @@ def main() -> None:
     p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "search_signal"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_signal.md"))
     args = p.parse_args()
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()  # runs start in other folders (the earlier checkout's)
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v for v in args.variants.split(",") if v]
@@ -220,13 +221,18 @@ def main() -> None:
              f". Test accuracy %, mean ± sd over seeds {args.seeds}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         lines += [f"## {dataset}", ""] + _table(results, dataset) + [""]
-    lines += ["## Per seed", "", "| dataset | variant | seed | baseline | stage 1 | stage 2 | SAFS | stage-1 winner "
-              "| left chance | stage-1 epochs | epochs per candidate | code |", "|---" * 12 + "|"]
+    lines += ["## Per seed", "", "| dataset | variant | seed | dense | baseline | stage 1 | stage 2 | SAFS | stage-1 "
+              "winner | left chance | stage-1 epochs | epochs per candidate | code |", "|---" * 13 + "|"]
     for r in results:
-        lines.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['baseline']} | {r['stage1']} | "
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['dense']} | {r['baseline']} | {r['stage1']} | "
                      f"{r['stage2']} | {r['final']} | {', '.join(r.get('winner', []))} | {r['left_chance']}/"
                      f"{r['candidates']} | {r['epochs_stage1']} | {r['epochs_per_candidate'] or 2} | {r['code']} |")
-    lines += [""] + [f"- {n}" for n in notes] + [f"Total wall time {time.time() - start:.0f} s."]
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    lines += [""] + [f"- {n}" for n in notes] + [
+        f"Code: commit {commit} of this checkout" + (f"; `before` ran `{args.before_checkout}`" if args.before_checkout
+                                                     else "") + ". "
+        f"This invocation took {time.time() - start:.0f} s (finished runs are read back from their storage)."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
