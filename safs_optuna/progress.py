@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -94,6 +93,3 @@ class LiveView:
         self._thread.join()
         self.draw()
 
-
-def since(start: float | None) -> float | None:
-    return None if start is None else time.time() - start

@@ -58,6 +58,7 @@ class Resources:
         self._subsets: dict[float, data_mod.Splits] = {}
         self._sparse: nn.Module | None = None
         self._space: ActivationSpace | None = None
+        self._own: dict[str, OperatorTree] | None = None
         self.tmp = tempfile.TemporaryDirectory(prefix="safs-optuna-")
 
     @property
@@ -92,8 +93,10 @@ class Resources:
     def own_trees(self) -> dict[str, OperatorTree]:
         """The network's own activation at every site (ReLU for most, Swish for EfficientNet-B0):
         the baseline's, the ablations' and the activation search's start point."""
-        model = make_searchable(build_model(**self.arch))
-        return {site: model.get_submodule(site).tree for site in sites(model)}
+        if self._own is None:  # built once per worker: every trial and stage asks for it
+            model = make_searchable(build_model(**self.arch))
+            self._own = {site: model.get_submodule(site).tree for site in sites(model)}
+        return dict(self._own)
 
     def checkpoint_of(self, stage_name: str) -> Path:
         """Download (once per worker) the checkpoint that a finished "once" stage stored."""

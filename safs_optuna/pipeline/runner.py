@@ -403,7 +403,7 @@ class Pipeline:
     def _search(self, stage: Stage, trial: optuna.Trial) -> float:
         """One search trial: draw what the stage searches, fine-tune briefly, score on val."""
         if stage.searches == "trees":
-            model = self.res.fresh(self.own_trees())
+            model = self.res.fresh({})  # the sparse model already holds the network's own activations
             trees = self.space.suggest(trial, sites(model))
             self.space.apply(model, trees)
             hp = self.cfg.protocol.hparams()
