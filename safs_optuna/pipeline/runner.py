@@ -277,7 +277,7 @@ class Pipeline:
                     raise
             study.tell(trial, value)
             if stage.column and self.is_done(self._safs_stage().name):
-                self._write_note()
+                self._write_note(plot=stage.column == "SAFS")
             self.log(f"{stage.name}: done in {time.time() - start:.0f}s — val {value:.2f}%, "
                      f"test {trial.user_attrs.get('test_accuracy', float('nan')):.2f}%")
             return True
@@ -523,14 +523,18 @@ class Pipeline:
         """One line per finished search stage that found nothing."""
         return [st.found_nothing for st in (self.status(s) for s in self.stages) if st.found_nothing]
 
-    def _write_note(self) -> None:
+    def _write_note(self, plot: bool = False) -> None:
         """The SAFS stage's dashboard note: the results table, warnings and learned activations.
 
         Rewritten whenever a column of the table finishes after the final stage (the ablations
-        usually do), so the note ends up with every column."""
+        usually do), so the note ends up with every column. Only the worker that finished the
+        SAFS stage (``plot``) uploads the activation plot, so two workers never upload it twice;
+        a note due before that plot exists is left to that worker, which writes it next."""
         import optuna_dashboard
 
         study = self.study(self._safs_stage())
+        if not plot and not optuna.artifacts.get_all_artifact_meta(study):
+            return
         model, _ = self.res.load(self._safs_stage().name)
         acts = {site: model.get_submodule(site) for site in sites(model)}
         existing = optuna.artifacts.get_all_artifact_meta(study)
