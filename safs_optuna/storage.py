@@ -37,9 +37,9 @@ import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
@@ -346,7 +346,9 @@ def make_storage(
         ready = _schema_complete_sqlite(path)
         with contextlib.nullcontext() if ready else _sqlite_open_lock(path):
             if create and not _is_wal(path):
-                _prepare_sqlite(path)
+                # Switching to WAL needs the file to itself, and SQLite gives up at once
+                # (no busy wait) while another process is setting the file up.
+                _retry_race(url, lambda: _prepare_sqlite(path))
             storage = _open_rdb(url, db_url, kwargs)
         _serialize_sqlite(storage.engine)
     else:
@@ -414,11 +416,24 @@ def _require_schema_server(url: str, db_url: str, engine_kwargs: dict[str, Any])
 
 def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
     """``RDBStorage(db_url, **kwargs)``, retried while another process is creating the schema."""
+
+    def open_() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(db_url, **kwargs)
+
+    return _retry_race(url, open_)
+
+
+_T = TypeVar("_T")
+
+
+def _retry_race(url: str, step: Callable[[], _T]) -> _T:
+    """``step()``, tried again (with a growing random pause) while it fails on a race with
+    another process opening the same new database; other errors name the URL and the cause."""
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                return optuna.storages.RDBStorage(db_url, **kwargs)
+            return step()
         except Exception as exc:  # SQLAlchemy raises many kinds; the user needs the URL and the cause
             if attempt + 1 < OPEN_ATTEMPTS and _RACE.search(str(exc)):
                 time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
