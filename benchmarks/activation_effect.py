@@ -16,7 +16,7 @@ import time
 import torch
 
 import safs_optuna as so
-from safs_optuna.checkpoint import set_trees
+from safs_optuna.models import set_trees
 
 TREES = ("relu(x)", "add(x, sin(x))", "swish(x)", "symlog(x)", "tanhsoft1(x)", "max(x, sin(x))", "srs(x)")
 

@@ -20,7 +20,7 @@ from statistics import mean
 import torch
 
 import safs_optuna as so
-from safs_optuna.checkpoint import set_trees
+from safs_optuna.models import set_trees
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,7 +42,7 @@ from torch import nn
 import safs_optuna as so
 from safs_optuna import operators
 from safs_optuna.activation import OperatorTree, TreeActivation
-from safs_optuna.checkpoint import set_trees
+from safs_optuna.models import set_trees
 from safs_optuna.space import ActivationSpace
 
 ROOT = Path(__file__).resolve().parent.parent

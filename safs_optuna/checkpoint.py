@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .activation import OperatorTree, TreeActivation
-from .models import build_model, make_searchable, set_module, sites
+from .activation import OperatorTree
+from .models import build_model, make_searchable, set_trees, sites
 from .sparsity import finalize, restore_masks
 
 FORMAT = "safs-optuna/1"
@@ -36,20 +36,6 @@ FORMAT = "safs-optuna/1"
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, damaged or of another kind; the message names it."""
-
-
-def set_trees(model: nn.Module, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> None:
-    """Put a new ``TreeActivation`` with each tree into its site (any site of ``sites(model)``)."""
-    known = set(sites(model))
-    for site, tree in trees.items():
-        if site not in known:
-            raise ValueError(f"model has no activation site {site!r}; sites: {', '.join(sorted(known))}")
-        old = model.get_submodule(site)
-        new = TreeActivation(tree, learn_scale=learn_scale)
-        ref = next(old.parameters(), None)
-        if ref is not None:
-            new.to(device=ref.device, dtype=ref.dtype)
-        set_module(model, site, new)
 
 
 def save_checkpoint(

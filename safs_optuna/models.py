@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -198,6 +198,28 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
         children = ", ".join(parent._modules) or "none"
         raise ValueError(f"no submodule {path!r}; children of {parent_path or '<root>'}: {children}")
     setattr(parent, name, module)
+
+
+def set_trees(model: nn.Module, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> None:
+    """Put ``trees[site]`` into every given site of ``model`` (a new TreeActivation per site).
+
+    The new slot keeps the old slot's device and dtype, and replaces the old one under every path
+    it was registered at (a shared slot stays shared). Sites not in ``trees`` are left as they are.
+    """
+    slots = {path: m for path, m in model.named_modules(remove_duplicate=False)
+             if isinstance(m, TreeActivation)}
+    for site in trees:
+        if site not in slots:
+            valid = ", ".join(sites(model)) or "none"
+            raise ValueError(f"unknown site {site!r}; the model's sites: {valid}")
+    for site, tree in trees.items():
+        old = slots[site]
+        new = TreeActivation(tree, learn_scale=learn_scale).to(device=old.alpha.device,
+                                                                dtype=old.alpha.dtype)
+        for path, module in list(slots.items()):
+            if module is old:
+                set_module(model, path, new)
+                slots[path] = new
 
 
 # ----------------------------------------------------------------------------------------- builders

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,7 @@ def _clamp(x: Tensor, low: float, high: float) -> Tensor:
     return F.hardtanh(x, low, high)
 
 
-def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor], *args: Tensor) -> Tensor:
+def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor], *args: Any) -> Tensor:
     """``function.apply(*args)`` when a gradient is wanted, else ``plain(*args)`` (the same values).
 
     The plain path keeps inference cheap (nothing saved for a backward) and gives exporters
@@ -95,7 +95,8 @@ def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor
     work in place on its own intermediates, so it is never the path that autograd differentiates.
     """
     exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
-    if exporting or not (torch.is_grad_enabled() and any(a.requires_grad for a in args)):
+    wanted = any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    if exporting or not (torch.is_grad_enabled() and wanted):
         return plain(*args)
     return function.apply(*args)
 
@@ -560,37 +561,23 @@ def leaky_relu(x: Tensor) -> Tensor:
 # --- binary functions --------------------------------------------------------------------------
 
 
-class _Maximum(torch.autograd.Function):
-    """torch.maximum with its own gradient rule (ties split the gradient evenly) in cheap kernels."""
+class _Extremum(torch.autograd.Function):
+    """torch.maximum (``largest``) or torch.minimum with its own gradient rule (ties split the
+    gradient evenly) in cheap kernels."""
 
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx, a, b, largest):
         ctx.save_for_backward(a, b)
-        return torch.maximum(a, b)
+        ctx.largest = largest
+        return torch.maximum(a, b) if largest else torch.minimum(a, b)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        # share of a: 1 where a > b, 1/2 on ties, 0 where a < b.
-        ga = torch.addcmul(g, g, torch.sign(a - b)).mul_(0.5)
-        return ga, g - ga
-
-
-class _Minimum(torch.autograd.Function):
-    """torch.minimum, with the gradient rule of torch.minimum, as :class:`_Maximum`."""
-
-    @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return torch.minimum(a, b)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        ga = torch.addcmul(g, g, torch.sign(b - a)).mul_(0.5)
-        return ga, g - ga
+        # share of a: 1 where a wins, 1/2 on ties, 0 where b wins.
+        ga = torch.addcmul(g, g, torch.sign(a - b) if ctx.largest else torch.sign(b - a)).mul_(0.5)
+        return ga, g - ga, None
 
 
 class _SafeDiv(torch.autograd.Function):
@@ -632,12 +619,12 @@ def mul(a: Tensor, b: Tensor) -> Tensor:
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
     """max(a, b)."""
-    return _custom(_Maximum, torch.maximum, a, b)
+    return _custom(_Extremum, lambda a, b, _: torch.maximum(a, b), a, b, True)
 
 
 def minimum(a: Tensor, b: Tensor) -> Tensor:
     """min(a, b)."""
-    return _custom(_Minimum, torch.minimum, a, b)
+    return _custom(_Extremum, lambda a, b, _: torch.minimum(a, b), a, b, False)
 
 
 def left(a: Tensor, b: Tensor) -> Tensor:

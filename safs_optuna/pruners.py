@@ -12,7 +12,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from .ranking import VAL_SIZE_ATTR, behind_margin, trial_score
+from .ranking import CHANCE_ATTR, VAL_SIZE_ATTR, behind_margin, trial_score
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -20,33 +20,33 @@ if TYPE_CHECKING:
 
 __all__ = ["DivergencePruner", "IncumbentPruner"]
 
-# User attrs shared with safs_optuna.training.fit, which sets the first two on every trial.
-TRAIN_LOSS_ATTR = "train_loss"
-CHANCE_ATTR = "chance_accuracy"
 REASON_ATTR = "pruned_reason"
+"""User attr holding the sentence that says why a trial was pruned (shown by optuna-dashboard)."""
 _DEFAULT_VAL_SIZE = 1000
 _UNSET: Any = object()  # tells an omitted deprecated argument from an explicit None
 
 
 class DivergencePruner(BasePruner):
-    """Pruner that stops diverged and chance-level trials, then defers to another pruner.
+    """Pruner that stops trials stuck at chance level, then defers to another pruner.
 
-    Exotic activations at 99 % sparsity often make training blow up (a NaN or infinite loss)
-    or leave the network guessing (validation accuracy at chance level). Such trials are
-    pruned at once, whatever the wrapped pruner thinks; every other decision is the wrapped
-    pruner's. The reason for each prune, whichever rule made it, is stored on the trial as the
-    user attr ``"pruned_reason"`` (a sentence, shown by optuna-dashboard) and kept in
-    :attr:`last_reason`.
+    Exotic activations at 99 % sparsity often leave the network guessing (validation accuracy
+    at chance level). Such trials are pruned at once, whatever the wrapped pruner thinks; every
+    other decision is the wrapped pruner's. The reason for each prune, whichever rule made it,
+    is stored on the trial as the user attr ``"pruned_reason"`` (a sentence, shown by
+    optuna-dashboard) and kept in :attr:`last_reason`.
 
     A trial is pruned when, in this order:
 
-    1. its user attr ``"train_loss"`` is NaN or infinite
-       (:func:`safs_optuna.training.fit` sets it each epoch before reporting);
-    2. the study maximizes and the last ``chance_epochs`` intermediate values are all at most
+    1. the study maximizes and the last ``chance_epochs`` intermediate values are all at most
        the chance level plus ``chance_margin`` (the level is ``chance_level`` if given, else
-       the trial's user attr ``"chance_accuracy"``, which ``fit`` sets to
-       ``100 / num_classes``; with neither, this rule is skipped);
-    3. ``wrapped_pruner`` prunes it.
+       the trial's user attr ``"chance_accuracy"``, which :func:`safs_optuna.training.fit`
+       sets to the validation split's majority-class accuracy; with neither, this rule is
+       skipped);
+    2. ``wrapped_pruner`` prunes it.
+
+    A NaN or infinite loss needs no pruner: ``fit`` raises
+    :class:`~safs_optuna.training.DivergedError` at the batch where it happens, and the
+    pipeline records that trial as pruned with the reason.
 
     Intermediate values are expected in percent, as ``fit`` reports them.
 
@@ -67,12 +67,10 @@ class DivergencePruner(BasePruner):
 
             def objective(trial):
                 lr = trial.suggest_float("lr", 1e-4, 10.0, log=True)
-                trial.set_user_attr("chance_accuracy", 10.0)  # 10 classes
+                trial.set_user_attr("chance_accuracy", 10.0)  # 10 balanced classes
                 accuracy = 10.0
                 for epoch in range(10):
-                    loss = float("nan") if lr > 1.0 else 1.0 / (epoch + 1)
                     accuracy = 10.0 if lr > 0.1 else 50.0 + 4 * epoch
-                    trial.set_user_attr("train_loss", loss)
                     trial.report(accuracy, epoch)
                     if trial.should_prune():
                         raise optuna.TrialPruned(trial.user_attrs.get("pruned_reason"))
@@ -89,7 +87,7 @@ class DivergencePruner(BasePruner):
 
     Args:
         wrapped_pruner:
-            The pruner to defer to when neither rule applies; :obj:`None` never prunes
+            The pruner to defer to when the chance rule does not apply; :obj:`None` never prunes
             otherwise. (Named as in :class:`~optuna.pruners.PatientPruner`; the earlier keyword
             ``inner`` still works but is deprecated and warns.)
         chance_epochs:
@@ -148,7 +146,7 @@ class DivergencePruner(BasePruner):
 
     @property
     def wrapped_pruner(self) -> BasePruner | None:
-        """The pruner deferred to when neither rule applies."""
+        """The pruner deferred to when the chance rule does not apply."""
         return self._wrapped_pruner
 
     @property
@@ -162,11 +160,7 @@ class DivergencePruner(BasePruner):
         return self._wrapped_pruner
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
-        reason = (
-            self._divergence(trial)
-            or self._chance(study, trial)
-            or self._wrapped_reason(study, trial)
-        )
+        reason = self._chance(study, trial) or self._wrapped_reason(study, trial)
         self.last_reason = reason
         if reason is None:
             return False
@@ -174,13 +168,6 @@ class DivergencePruner(BasePruner):
             # Through the storage, as a FrozenTrial cannot write; the dashboard shows user attrs.
             study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
         return True
-
-    def _divergence(self, trial: FrozenTrial) -> str | None:
-        loss = _as_float(trial.user_attrs.get(TRAIN_LOSS_ATTR))
-        if loss is None or math.isfinite(loss):
-            return None
-        where = f" at step {trial.last_step}" if trial.last_step is not None else ""
-        return f"training loss became {loss}{where} (diverged)"
 
     def _chance(self, study: Study, trial: FrozenTrial) -> str | None:
         directions = study.directions

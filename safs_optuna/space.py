@@ -8,9 +8,8 @@ from typing import Any, ClassVar
 import optuna
 from torch import nn
 
-from .activation import OperatorTree, TreeActivation
-from .models import set_module
-from .models import sites as model_sites
+from .activation import OperatorTree
+from .models import set_trees
 from .operators import BINARY, UNARY, get_binary, get_unary
 
 __all__ = ["ActivationSpace"]
@@ -211,25 +210,8 @@ class ActivationSpace:
         return tuple(trees) + tuple(rest)
 
     def apply(self, model: nn.Module, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> None:
-        """Put ``trees[site]`` into every given site of ``model`` (a new TreeActivation per site).
-
-        The new slot keeps the old slot's device and dtype, and replaces the old one under every path
-        it was registered at (a shared slot stays shared). Sites not in ``trees`` are left as they are.
-        """
-        modules = model.named_modules(remove_duplicate=False)
-        slots = {path: m for path, m in modules if isinstance(m, TreeActivation)}
-        for site in trees:
-            if site not in slots:
-                valid = ", ".join(model_sites(model)) or "none"
-                raise ValueError(f"unknown site {site!r}; the model's sites: {valid}")
-        for site, tree in trees.items():
-            old = slots[site]
-            new = TreeActivation(tree, learn_scale=learn_scale)
-            new = new.to(device=old.alpha.device, dtype=old.alpha.dtype)
-            for path, module in list(slots.items()):
-                if module is old:
-                    set_module(model, path, new)
-                    slots[path] = new
+        """Put ``trees[site]`` into every given site of ``model``; see :func:`safs_optuna.models.set_trees`."""
+        set_trees(model, trees, learn_scale=learn_scale)
 
     def __repr__(self) -> str:
         return f"ActivationSpace(name={self.name!r}, unary={list(self.unary)}, binary={list(self.binary)})"

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .ranking import CHANCE_ATTR, VAL_LOSS_ATTR, VAL_SIZE_ATTR
+
 if TYPE_CHECKING:
     import optuna
 
@@ -472,8 +474,8 @@ def _fit(
     if trial is not None:
         # What the comparison of trials needs (safs_optuna.ranking): the accuracy of always
         # predicting the most common validation class, and how many images measure accuracy.
-        trial.set_user_attr("chance_accuracy", majority_accuracy(splits.val))
-        trial.set_user_attr("val_size", len(splits.val))
+        trial.set_user_attr(CHANCE_ATTR, majority_accuracy(splits.val))
+        trial.set_user_attr(VAL_SIZE_ATTR, len(splits.val))
 
     history: list[EpochStats] = []
     best_state: dict[str, Tensor] | None = None
@@ -523,7 +525,7 @@ def _fit(
             )
             history.append(stats)
             if trial is not None:
-                trial.set_user_attr("val_loss", [round(h.val_loss, 6) for h in history])
+                trial.set_user_attr(VAL_LOSS_ATTR, [round(h.val_loss, 6) for h in history])
             if val.accuracy > best_acc:
                 best_acc, best_epoch = val.accuracy, epoch
                 best_state = _snapshot(model)

@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 
 import safs_optuna as so
 from safs_optuna.checkpoint import (CheckpointError, export_program, load_checkpoint, program_accuracy,
-                                   save_checkpoint, set_trees)
+                                   save_checkpoint)
+from safs_optuna.models import set_trees
 
 ARCH = {"name": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 28}
 TREES = ("srs(x)", "max(x, tanh(x))", "srs(x)", "swish(x)")
@@ -212,21 +213,3 @@ def test_program_accuracy_counts_over_batches():
     assert program_accuracy(answer, dataset) == pytest.approx(70.0)
     empty = TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long))
     assert program_accuracy(answer, empty) == 0.0
-
-
-def test_set_trees_rejects_unknown_sites_and_lists_the_valid_ones():
-    model = so.make_searchable(so.build_model("lenet5"))
-    with pytest.raises(ValueError) as err:
-        set_trees(model, {"features.9": so.OperatorTree.unary("relu")})
-    message = str(err.value)
-    assert "'features.9'" in message
-    assert all(site in message for site in so.sites(model))
-
-
-def test_set_trees_replaces_only_the_given_sites():
-    model = so.make_searchable(so.build_model("lenet5"))
-    first, *rest = so.sites(model)
-    before = [model.get_submodule(s) for s in rest]
-    set_trees(model, {first: so.OperatorTree.parse("srs(x)")})
-    assert model.get_submodule(first).tree.formula == "srs(x)"
-    assert [model.get_submodule(s) for s in rest] == before

@@ -24,7 +24,7 @@ from ..activation import OperatorTree
 from ..checkpoint import save_checkpoint
 from ..config import StudyConfig
 from ..models import build_model, make_searchable, sites
-from ..pruners import DivergencePruner, IncumbentPruner
+from ..pruners import REASON_ATTR, DivergencePruner, IncumbentPruner
 from ..ranking import chance_band, trial_score
 from ..report import ResultRow, dashboard_note, markdown_table, paper_row
 from ..samplers import LAHCSampler
@@ -419,11 +419,11 @@ class Pipeline:
         try:
             result = self._fit(model, self.res.search_splits(section.fraction), hp, epochs, label, trial, until)
         except DivergedError as exc:
-            trial.set_user_attr("pruned_reason", f"diverged: {exc}")
+            trial.set_user_attr(REASON_ATTR, f"diverged: {exc}")
             self.log(f"{label} pruned: diverged ({exc})")
             raise optuna.TrialPruned(str(exc)) from exc
         except optuna.TrialPruned:
-            reason = self.storage.get_trial(trial._trial_id).user_attrs.get("pruned_reason", "by the pruner")
+            reason = self.storage.get_trial(trial._trial_id).user_attrs.get(REASON_ATTR, "by the pruner")
             self.log(f"{label} pruned: {reason}")
             raise
         if until is not None:
