@@ -2,9 +2,9 @@
 
 N processes (default 8) each run ``--trials`` trials of a 4-site, 6-choice LAHC study on one
 SQLite file (through ``safs_optuna.storage.make_storage``); a trial sleeps ``--sleep`` seconds.
-Prints how many of the finished configurations repeat an earlier one. In one process the sampler
-never repeats while an unseen neighbour exists; across processes it still does, for a few per cent
-of the trials (the cause is not yet found: see the measurement before changing the sampler).
+Prints how many of the finished configurations repeat an earlier one. Without the sampler's
+claim of each proposal in the storage, two workers that proposed at the same moment could both
+evaluate the same configuration (6-8 of 240 trials here); with it, none do.
 
     python benchmarks/lahc_repeats.py --processes 8 --trials 30 --rounds 3
 """

@@ -516,6 +516,34 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
+def _chain_find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """``exc`` or the first exception of ``kinds`` among its causes and contexts."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _storage_failure(args: argparse.Namespace, exc: BaseException) -> str:
+    """One line for a storage that failed while a command was using it: the file's damage, found
+    by the full check, or else the database's own message."""
+    from .storage import StorageError, check_storage, redact
+
+    cause: BaseException = exc
+    while cause.__cause__ is not None:  # Optuna wraps SQLAlchemy, which wraps the driver
+        cause = cause.__cause__
+    url = _config(args).storage
+    try:
+        check_storage(url)
+    except StorageError as damaged:
+        return f"the storage failed during the command: {_one_line(damaged)}"
+    return (f"storage {redact(url)} failed during the command ({_one_line(cause)}); run the same "
+            "command again to resume")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -526,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetFormatError, DatasetNotFoundError
     from .pipeline import PipelineError
     from .storage import StorageError
+
+    import optuna.exceptions  # loaded with .storage already
+    import sqlalchemy.exc
 
     try:
         return args.func(args)
@@ -538,6 +569,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nsafs-optuna: interrupted; run the same command again to resume", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as exc:
+        # A storage that fails mid-command can surface as another error raised while Optuna
+        # handled it (e.g. its trial loop's UnboundLocalError); the storage error is the cause.
+        failure = _chain_find(exc, (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError))
+        if failure is None:
+            raise
+        print(f"safs-optuna: {_storage_failure(args, failure)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

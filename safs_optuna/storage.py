@@ -349,7 +349,11 @@ def make_storage(
                 # Switching to WAL needs the file to itself, and SQLite gives up at once
                 # (no busy wait) while another process is setting the file up.
                 _retry_race(url, lambda: _prepare_sqlite(path))
-            storage = _open_rdb(url, db_url, kwargs)
+            try:
+                storage = _open_rdb(url, db_url, kwargs)
+            except StorageError:
+                _check_sqlite_file(path, thorough=True)  # damaged since the first look: say so
+                raise
         _serialize_sqlite(storage.engine)
     else:
         if not create and url.startswith("sqlite:"):

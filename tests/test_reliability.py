@@ -118,3 +118,79 @@ def test_storages_without_heartbeats_are_left_alone(tmp_path):
     study.ask()
     assert fail_unbeating_trials(study, grace_period=0) == []
     assert fail_unbeating_trials(optuna.create_study()) == []  # in-memory storage
+
+
+@pytest.mark.slow
+def test_a_database_damaged_during_a_run_fails_the_run_with_one_line_per_process(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from ._tiny import write_config
+
+    path = write_config(tmp_path, trials=6)
+    db = tmp_path / "tiny.db"
+    run = subprocess.Popen([sys.executable, "-m", "safs_optuna.cli", "run", str(path), "--workers", "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def working() -> bool:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                return con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0] > 0
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return False
+
+    deadline = time.time() + 300
+    while run.poll() is None and time.time() < deadline and not working():
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before a trial started"
+    for part in (db, db.with_name(db.name + "-wal")):  # everything after the headers
+        if part.exists():
+            with open(part, "r+b") as f:
+                f.seek(100 if part == db else 32)
+                f.write(os.urandom(max(part.stat().st_size - f.tell(), 0)))
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "finished in" not in out, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("safs-optuna:")]
+    assert lines[-1].startswith("safs-optuna: every worker stopped with an error"), lines
+    assert all(f"{db} is damaged" in line or "not a SQLite database" in line for line in lines[:-1]), lines
+
+
+CHOICES = ["relu", "tanh", "gelu", "elu", "selu", "swish"]
+
+
+def _lahc_worker(url: str, barrier, trials: int) -> None:
+    from safs_optuna.samplers import LAHCSampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="s", storage=make_storage(url), sampler=LAHCSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = [trial.suggest_categorical(f"s{i}.left", CHOICES) for i in range(4)]
+        time.sleep(0.01)
+        return float(sum(CHOICES.index(p) for p in params))
+
+    barrier.wait()
+    study.optimize(objective, n_trials=trials)
+
+
+@pytest.mark.slow
+def test_lahc_proposes_no_repeats_to_eight_processes_at_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lahc.db'}"
+    optuna.create_study(study_name="s", storage=make_storage(url), direction="maximize")
+    barrier = _CTX.Barrier(WORKERS)
+    procs = [_CTX.Process(target=_lahc_worker, args=(url, barrier, 15)) for _ in range(WORKERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    assert [p.exitcode for p in procs] == [0] * WORKERS
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert len(trials) == 15 * WORKERS and all(t.state == TrialState.COMPLETE for t in trials)
+    configs = [tuple(sorted(t.params.items())) for t in trials]
+    repeats = len(configs) - len(set(configs))
+    assert repeats == 0, f"{repeats} of {len(configs)} configurations repeat an earlier one"

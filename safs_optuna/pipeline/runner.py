@@ -30,7 +30,7 @@ from ..report import ResultRow, dashboard_note, markdown_table, paper_row
 from ..samplers import LAHCSampler
 from ..samplers.seeded import PositionSeededSampler, position_seed
 from ..sparsity import sparsity_report
-from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY
 from ..training import DivergedError, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
 from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
 from .resources import Resources
@@ -42,6 +42,8 @@ __all__ = ["Pipeline", "work_all", "POLL_SECONDS", "AUTO_FLOOR"]
 POLL_SECONDS = 2.0
 AUTO_FLOOR = 2
 """Fewest epochs per candidate that ``epochs = "auto"`` chooses."""
+DUPLICATE_ATTR = "duplicate_of"
+"""User attr of a once-stage trial left unrun (FAIL) because trial N of the stage already ran."""
 
 
 class _Heartbeat:
@@ -55,7 +57,10 @@ class _Heartbeat:
     def _beat(self) -> None:
         interval = self._storage.get_heartbeat_interval() or 60
         while True:
-            self._storage.record_heartbeat(self._trial_id)
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001 - tried again next beat; the trial's own storage
+                pass  # calls raise a lasting failure (a damaged file) with one clear message
             if self._stop.wait(interval):
                 return
 
@@ -248,9 +253,20 @@ class Pipeline:
             if stage.name not in pending or stage.kind != "once":
                 continue
             st = self.status(stage)
-            if st.failed and not (st.running or st.waiting):
-                failed = [t for t in self.study(stage).get_trials(deepcopy=False) if t.state == TrialState.FAIL]
-                why = failed[-1].user_attrs.get("error", "see the worker's log") if failed else ""
+            if st.failed and not (st.done or st.running or st.waiting):
+                study = self.study(stage)
+                failed = [t for t in study.get_trials(deepcopy=False)
+                          if t.state == TrialState.FAIL and DUPLICATE_ATTR not in t.user_attrs]
+                error = failed[-1].user_attrs.get("error") if failed else None
+                if failed and error is None and len(failed) <= MAX_RETRY:
+                    # Its worker died (no error recorded) between failing the trial and
+                    # re-queueing it, as Optuna's stale-trial check does in two steps.
+                    self.log(f"{stage.name}: the trial of a worker that died was not re-queued; "
+                             "re-queued it")
+                    study.enqueue_trial({})
+                    continue
+                why = error or (f"its worker died {len(failed)} times (killed, or out of memory?); "
+                                "see the worker's log")
                 raise PipelineError(f"stage {stage.name!r} failed: {why}. Fix the cause and run "
                                     f"`safs-optuna run` again; it retries the stage.")
 
@@ -265,6 +281,14 @@ class Pipeline:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             trial = optuna.Trial(study, frozen._trial_id)
+            other = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                               TrialState.RUNNING))
+                          if t._trial_id != frozen._trial_id), None)
+            if other is not None:
+                # Two workers re-queued the stage at once (each saw it failed): train it once.
+                trial.set_user_attr(DUPLICATE_ATTR, other.number)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
             self.log(f"{stage.name}: started (trial {trial.number})")
             start = time.time()
             body = {"dense": self._train_dense, "finetune": self._finetune}[stage.body]

@@ -37,6 +37,10 @@ _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 # Random neighbours tried before the neighbourhood is enumerated: cheap, and enough while most
 # neighbours are unseen; enumeration only pays off once the neighbourhood is nearly used up.
 _RANDOM_TRIES = 16
+# System attr in which a trial claims its proposal before returning it, and how often a
+# proposal that clashed with another worker's claim is replaced.
+_CLAIM_ATTR = "lahc:proposal"
+_CLAIM_TRIES = 8
 # A numeric neighbour moves by a Gaussian step of this fraction of the (log) range.
 _STEP_FRACTION = 0.1
 # Largest finite space enumerated for an unseen configuration once every neighbour is taken.
@@ -80,6 +84,8 @@ class LAHCSampler(BaseSampler):
     neighbours are tried, then every one-node neighbour and swap in a seeded order. Only when all are
     taken does the sampler fall back to two-step moves, then to any unseen configuration (enumerated
     when the space is finite and small, else drawn at random), and log this at debug level.
+    This holds across workers too: a trial claims its proposal in the storage (system attr
+    ``"lahc:proposal"``) and checks it against the other trials' claims before returning it.
 
     **First trial.** Every parameter gets ``initial_params[name]`` when given, else ``"relu"`` when it
     is a choice, else ``"left"`` when it is a choice, else the first choice; an int or float gets
@@ -294,7 +300,17 @@ class LAHCSampler(BaseSampler):
         if self._variant == "paper-code":
             return proposer.reassign_and_swap(rng)
         taken = self._taken_keys(trials, space, trial.number)
-        return proposer.propose(rng, taken)
+        proposal = proposer.propose(rng, taken)
+        # Claim the proposal in the storage, then look again: of two workers proposing the same
+        # configuration at once, at least one writes its claim before the other reads, so at
+        # least one sees the clash, and whoever sees it proposes again.
+        for _ in range(_CLAIM_TRIES):
+            study._storage.set_trial_system_attr(trial._trial_id, _CLAIM_ATTR, proposal)
+            taken = self._taken_keys(_all_trials(study), space, trial.number)
+            if self._key(proposal) not in taken:
+                break
+            proposal = proposer.propose(rng, taken)
+        return proposal
 
     def sample_independent(
         self,
@@ -352,7 +368,9 @@ class LAHCSampler(BaseSampler):
         for t in trials:
             if t.state == TrialState.FAIL or t.number == number:
                 continue
-            params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+            # What it evaluates or will: its params; those enqueued; else what it claimed.
+            params = {**t.system_attrs.get(_CLAIM_ATTR, {}), **t.system_attrs.get("fixed_params", {}),
+                      **t.params}
             if not all(name in params for name in space):
                 continue  # another worker's trial still being suggested; its key is not known yet
             try:
