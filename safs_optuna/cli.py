@@ -212,6 +212,17 @@ def _preflight(cfgs: Sequence) -> None:
         if path not in valid:
             raise UserError(f"{where}: [sparsity] skip: {path!r} is not a module of {cfg.model.name!r} "
                             f"that holds weights to prune; valid: {', '.join(valid)}", EXIT_USAGE)
+    if cfg.sparsity.min_density:  # globs that match nothing, a ratio the minimums make unreachable
+        import copy
+
+        from .sparsity import magnitude_prune
+
+        sp = cfg.sparsity
+        try:
+            magnitude_prune(copy.deepcopy(model), sp.ratio, scope=sp.scope, skip=sp.skip,
+                            min_density=sp.min_density)
+        except ValueError as exc:
+            raise UserError(f"{where}: [sparsity] min_density: {exc}", EXIT_USAGE) from None
     if cfg.dense.checkpoint:  # read again by the dense stage; here it fails before anything is written
         from .checkpoint import CheckpointError, load_dense_weights
 

@@ -13,7 +13,7 @@ except ``name``, and a missing key takes the default of the matching dataclass b
 
     [model]        name
     [data]         name, root, val_size, download
-    [sparsity]     ratio, scope, skip
+    [sparsity]     ratio, scope, skip, min_density
     [dense]        epochs, checkpoint
     [protocol]     optimizer, lr, momentum, weight_decay, schedule, batch_size, nesterov, augment
     [activations]  preset, unary, binary, sampler, pruner, trials, epochs, fraction, history, lahc
@@ -28,6 +28,7 @@ Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, exclu
     [data] val_size               (0, 1)
     [sparsity] ratio              (0, 1)                 0 prunes nothing: nothing to recover
     [sparsity] skip               module paths of the model (checked by ``run`` before it starts)
+    [sparsity] min_density        module-path glob -> (0, 1]; globs and reachability checked by ``run``
     [dense] epochs                [1, 100 000]           [0, 100 000] with a checkpoint
     [protocol] lr                 (0, 10]
     [protocol] momentum           [0, 1)
@@ -171,11 +172,15 @@ class SparsityConfig:
     ``scope`` is the allocation (:data:`safs_optuna.sparsity.SCOPES`): ``layer`` (every layer
     loses ``ratio``, the paper's), ``global`` (one magnitude threshold), ``erk``
     (Erdős–Rényi-Kernel densities) or ``lamp`` (layer-adaptive magnitude scores); ``skip``
-    names modules left dense and outside the ratio."""
+    names modules left dense and outside the ratio. ``min_density`` maps module-path globs to
+    the least fraction of weights those layers keep (``{ conv1 = 0.3 }``; ``1.0`` keeps them
+    dense): unlike ``skip`` they count towards ``ratio``, and the other layers are pruned harder
+    so that the total still holds (see :func:`safs_optuna.sparsity.magnitude_prune`)."""
 
     ratio: float = 0.99
     scope: str = "layer"
     skip: tuple[str, ...] = ()
+    min_density: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -587,11 +592,15 @@ def _parse(
     )
 
 
+# Keys whose value is a table of their own (its keys may hold dots: module paths).
+_TABLE_VALUED = frozenset({"sparsity.min_density"})
+
+
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
     # {"hpo.space": {"lr": [..]}} and {"hpo.space.lr": [..]} set the same key.
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping) and value and full not in _TABLE_VALUED:
             yield from _flatten(value, full)
         else:
             yield full, value
@@ -680,6 +689,13 @@ def _as(tp: Any, value: Any) -> Any:
         return float(value) if math.isfinite(value) else _NOT_FINITE
     if tp is str:
         return value if isinstance(value, str) else _BAD
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            return _BAD
+        items = {k: _as(args[1], v) for k, v in value.items()}
+        if _NOT_FINITE in items.values():
+            return _NOT_FINITE
+        return _BAD if any(item is _BAD for item in items.values()) else items
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return _BAD
@@ -699,6 +715,8 @@ def _describe(tp: Any) -> str:
     if tp in names:
         return names[tp]
     args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict:
+        return f"a table of {plurals[args[1]]} such as {{ conv1 = 0.3 }}"
     if args[-1] is Ellipsis:
         return f"an array of {plurals[args[0]]}"
     return f"an array of {len(args)} {plurals[args[0]]} [low, high]"
@@ -808,6 +826,12 @@ def _check_sparsity(c: SparsityConfig, s: _Section) -> SparsityConfig:
     s.choice("scope", c.scope, SCOPES, "scope")
     if "" in c.skip:
         s.fail("skip", f"module names must not be empty, got {_show(c.skip)}")
+    for pattern, density in c.min_density.items():
+        if not pattern:
+            s.fail("min_density", f"module names must not be empty, got {_show(c.min_density)}")
+        if not 0.0 < density <= 1.0:
+            s.fail("min_density", f"{pattern!r}: a density must be in (0, 1] (1 keeps the layer dense), "
+                                  f"got {density!r}")
     return c
 
 

@@ -396,6 +396,13 @@ CASES: list[Case] = [
     edit("sparsity", "skip", '["conv2", "features.1"]', names=("features.1", "lenet5")),
     edit("sparsity", "skip", '["act1"]', names=("'act1'", "valid: conv1, conv2")),  # an activation: no weights
     edit("sparsity", "skip", '[""]', names=("empty",)),
+    # --- [sparsity] min_density: a table of densities, its globs checked against the model ---
+    edit("sparsity", "min_density", "0.3", names=("a table of numbers",)),
+    edit("sparsity", "min_density", '{ conv1 = "a" }', names=("a table of numbers",)),
+    edit("sparsity", "min_density", "{ conv1 = 0 }", names=("'conv1'", "(0, 1]")),
+    edit("sparsity", "min_density", "{ conv1 = 1.5 }", names=("'conv1'", "(0, 1]")),
+    edit("sparsity", "min_density", "{ conv9 = 0.5 }", names=("'conv9'", "conv1, conv2, fc1, fc2, fc3")),
+    edit("sparsity", "min_density", '{ "fc*" = 1.0 }', names=("out of reach", "valid ratio")),
     # --- [dense] checkpoint ---
     edit("dense", "checkpoint", '"none.pt"', names=("none.pt",)),
     with_file("checkpoint-is-a-folder", "dense", "checkpoint", lambda d: '"w.pt"', mkdir("w.pt"), USAGE,

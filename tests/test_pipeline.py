@@ -335,3 +335,16 @@ def test_a_lost_checkpoint_names_the_stage_and_rerun_restores_it(tmp_path):
     assert _cli("export", str(path), str(tmp_path / "m.pt2")).returncode == 0
     bad = _cli("run", str(path), "--rerun", "activations")
     assert bad.returncode == 1 and "not a stage that runs once; valid: dense, baseline" in bad.stderr
+
+
+def test_min_density_keeps_a_layer_denser_and_the_total_on_target(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('scope = "layer"', 'scope = "global"\nmin_density = { conv1 = 0.5 }')
+                    .replace('name = "tiny"', 'name = "tiny"\nablations = false', 1))
+    assert _cli("run", str(path)).returncode == 0
+    cfg = load_config(path)
+    baseline = _trials(cfg, "baseline")[0]
+    total, kept = baseline.user_attrs["layer_density"]["conv1"]
+    assert kept >= 50.0 and baseline.user_attrs["sparsity"] > 98.9
+    status = _cli("status", str(path)).stdout
+    assert "after sparsity 0.99 (global, conv1 keeps ≥ 50 %)" in status and "| `conv1` |" in status

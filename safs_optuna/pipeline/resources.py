@@ -138,7 +138,7 @@ class Resources:
             model, _ = self.load(next(s.name for s in STAGES if s.body == "dense"))
             sp = self.cfg.sparsity
             try:
-                magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip)
+                magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip, min_density=sp.min_density)
             except ValueError as exc:  # e.g. a [sparsity] skip that names no layer of this model
                 from .studies import PipelineError
 

@@ -538,7 +538,8 @@ class Pipeline:
         if not layers:
             return ""
         sp = self.cfg.sparsity
-        lines = [f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}):", "",
+        floors = "".join(f", {glob} keeps ≥ {100 * d:g} %" for glob, d in sp.min_density.items())
+        lines = [f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}{floors}):", "",
                  "| layer | weights | kept % |", "|---|---|---|"]
         lines += [f"| `{name}` | {total} | {kept:.2f} |" for name, (total, kept) in layers.items()]
         return "\n".join(lines)
