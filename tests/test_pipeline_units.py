@@ -213,3 +213,17 @@ def test_a_finished_search_says_when_it_found_nothing(cfg, curves, says, capsys)
 
     note, _ = dashboard_note(cfg, "table", pipe.warnings(), {}, "plot", 1)
     assert f"**Warning:** {st.found_nothing}" in note
+
+
+def test_a_study_stored_before_a_config_key_existed_resumes_at_its_default(cfg):
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    pipe.prepare_studies()
+    study = pipe.study("dense")
+    stored = dict(study.user_attrs["config"])
+    stored["sparsity"] = {k: v for k, v in stored["sparsity"].items() if k != "min_density"}
+    study.set_user_attr("config", stored)  # as an older version wrote it
+    assert Pipeline(cfg, log=lambda msg: None).study("dense").study_name == study.study_name
+    stored["sparsity"]["ratio"] = 0.5  # a key that exists and differs still refuses the study
+    study.set_user_attr("config", stored)
+    with pytest.raises(PipelineError, match=r"sparsity.ratio: stored 0.5, config 0.99"):
+        Pipeline(cfg, log=lambda msg: None).study("dense")

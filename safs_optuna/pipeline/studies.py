@@ -10,6 +10,7 @@ records heartbeats; a dead worker's trial is failed and re-queued by the storage
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -21,7 +22,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import StudyConfig, to_dict
+from ..config import StudyConfig, parse_config, to_dict
 from ..ranking import left_chance, trial_score
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, fail_unbeating_trials, make_storage, redact
 from .stages import STAGES, Stage, stage as stage_of
@@ -73,6 +74,32 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 
+def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
+    """What defines a study: its config less the runtime keys and the budgets, as JSON values."""
+    d = to_dict(cfg)
+    for key in RUNTIME_KEYS:
+        d.pop(key, None)
+    # Budgets may grow on resume ("run 10 more trials"); everything else defines the study.
+    for section in {s.section for s in STAGES if s.section}:
+        d.get(section, {}).pop("trials", None)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, Mapping) and isinstance(out[key], Mapping):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
+@functools.cache
+def _default_fingerprint(name: str) -> dict[str, Any]:
+    return _fingerprint(parse_config({"name": name}))
+
+
 class Studies:
     """The studies of one pipeline config in its storage.
 
@@ -109,13 +136,7 @@ class Studies:
 
     # ------------------------------------------------------------- creation
     def fingerprint(self) -> dict[str, Any]:
-        d = to_dict(self.cfg)
-        for key in RUNTIME_KEYS:
-            d.pop(key, None)
-        # Budgets may grow on resume ("run 10 more trials"); everything else defines the study.
-        for section in {s.section for s in STAGES if s.section}:
-            d.get(section, {}).pop("trials", None)
-        return json.loads(json.dumps(d, default=str))
+        return _fingerprint(self.cfg)
 
     def study(self, stage: Stage | str) -> optuna.Study:
         """The stage's study, created (with its queued first trial) if missing."""
@@ -129,8 +150,8 @@ class Studies:
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(**kwargs)
             stored = study.user_attrs.get("config")
-            if stored is not None and stored != self.fingerprint():
-                raise PipelineError(self._config_diff(self.name(stage.name), stored))
+            if stored is not None and self._upgraded(stored) != self.fingerprint():
+                raise PipelineError(self._config_diff(self.name(stage.name), self._upgraded(stored)))
         else:
             # Only the creator queues the first trial: creating a study is atomic in any RDB,
             # so it is queued exactly once however many workers start together.
@@ -145,6 +166,11 @@ class Studies:
                     study.enqueue_trial(params, user_attrs={START_ATTR: True})
         self._studies[stage.name] = study
         return study
+
+    def _upgraded(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """``stored`` with the keys added to the config since it was stored, at their defaults:
+        a study made before a key existed was made with the key's default behaviour."""
+        return _with_defaults(stored, _default_fingerprint(self.cfg.name))
 
     def _config_diff(self, name: str, stored: Mapping[str, Any]) -> str:
         now = self.fingerprint()
