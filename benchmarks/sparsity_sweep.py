@@ -1,0 +1,231 @@
+"""Accuracy against sparsity for each allocation, with the network's own activations and with SAFS.
+
+For every (dataset, sparsity, allocation, seed) it runs the pipeline of ``studies/quickstart.toml``
+(LeNet-5, the quick start's budgets unless ``--set`` changes them; ablations off) with
+``[sparsity] ratio`` and ``scope`` set, and reads two test accuracies from the same run: the
+magnitude-pruning baseline (ReLU, the default protocol) and SAFS (both stages). So the two
+columns start from the same dense network and the same masks.
+
+It writes ``benchmarks/results/sparsity_sweep.md`` (mean ± sd per point, the gain of SAFS over its
+own baseline, and the best allocation's baseline against ``layer``) and
+``benchmarks/results/sparsity_sweep.svg`` (one line per allocation and activation, error bars of
+one sd). Finished runs are read from their storage, not rerun: the sweep can be stopped and
+resumed, and widened later.
+
+    python benchmarks/sparsity_sweep.py --sparsities 0.9,0.95,0.98,0.99,0.995 --seeds 0,1,2 --jobs 2
+    python benchmarks/sparsity_sweep.py --datasets fashion_mnist --set activations.fraction=0.2
+
+Datasets as in ``benchmarks/search_signal.py``: ``quickstart`` (embedded) and ``fashion_mnist``
+(Debian's ``dataset-fashion-mnist``; skipped with a note when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from search_signal import _dataset_overrides, _fmt
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "studies" / "quickstart.toml"
+SCOPES = ("layer", "global", "erk", "lamp")
+COLUMNS = {"baseline": "ReLU", "final": "SAFS"}  # stage -> how the table and plot name it
+COLOURS = {"layer": "#d62728", "global": "#1f77b4", "erk": "#2ca02c", "lamp": "#9467bd"}
+
+
+def _run(workdir: Path, dataset: str, ratio: float, scope: str, seed: int, overrides: list[str]) -> dict:
+    name = f"sweep-{dataset}-{ratio:g}-{scope}-s{seed}"
+    db, done = workdir / f"{name}.db", workdir / f"{name}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    sets = overrides + [f"sparsity.ratio={ratio}", f'sparsity.scope="{scope}"', "ablations=false",
+                        f"seed={seed}", f'name="{name}"', f'artifacts="{workdir / (name + ".artifacts")}"']
+    cmd = [sys.executable, "-m", "safs_optuna.cli", "run", str(CONFIG), "--storage", f"sqlite:///{db}",
+           "--threads", "1"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    start = time.time()
+    with open(workdir / f"{name}.log", "w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {workdir / (name + '.log')}")
+    result = {"dataset": dataset, "ratio": ratio, "scope": scope, "seed": seed,
+              "seconds": round(time.time() - start, 1), **_read(db, name)}
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _read(db: Path, name: str) -> dict:
+    """Test accuracy of each column's stage and the sparsity reached, read with plain Optuna."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out: dict = {}
+    for stage in COLUMNS:
+        study = optuna.load_study(study_name=f"{name}/{stage}", storage=f"sqlite:///{db}")
+        trial = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE][-1]
+        out[stage] = trial.user_attrs["test_accuracy"]
+        out["sparsity"] = trial.user_attrs["sparsity"]
+    return out
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _table(results: list[dict], dataset: str, ratios: list[float]) -> list[str]:
+    lines = ["| sparsity | allocation | seeds | reached % | ReLU (baseline) | SAFS | SAFS − ReLU |",
+             "|---|---|---|---|---|---|---|"]
+    for ratio in ratios:
+        for scope in SCOPES:
+            rs = [r for r in results if r["dataset"] == dataset and r["ratio"] == ratio and r["scope"] == scope]
+            if not rs:
+                continue
+            gain = _fmt([r["final"] - r["baseline"] for r in rs])
+            reached = _fmt([r["sparsity"] for r in rs])
+            lines.append(f"| {ratio:g} | {scope} | {len(rs)} | {reached} | {_fmt([r['baseline'] for r in rs])} "
+                         f"| {_fmt([r['final'] for r in rs])} | {gain} |")
+    return lines
+
+
+def _best_against_layer(results: list[dict], dataset: str, ratio: float) -> str | None:
+    """How far the best allocation's ReLU baseline is above ``layer``'s, at ``ratio``."""
+    means = {}
+    for scope in SCOPES:
+        vals = [r["baseline"] for r in results if r["dataset"] == dataset and r["ratio"] == ratio
+                and r["scope"] == scope]
+        if len(vals) >= 3:
+            means[scope] = statistics.mean(vals)
+    if "layer" not in means or len(means) < 2:
+        return None
+    best = max((s for s in means if s != "layer"), key=means.get)
+    return (f"At sparsity {ratio:g} the best allocation for the ReLU baseline is `{best}`: "
+            f"{means[best]:.2f} % against `layer`'s {means['layer']:.2f} % "
+            f"({means[best] - means['layer']:+.2f} points, mean of 3+ seeds).")
+
+
+def _svg(results: list[dict], dataset: str, ratios: list[float]) -> str:
+    """Test accuracy against sparsity: solid lines ReLU, dashed SAFS, bars one sd."""
+    w, h, left, right, top, bottom = 640, 400, 56, 150, 20, 44
+    xs = {r: left + (w - left - right) * i / max(len(ratios) - 1, 1) for i, r in enumerate(ratios)}
+
+    def py(acc: float) -> float:
+        return top + (h - top - bottom) * (1 - acc / 100)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+           f'font-size="11"><rect width="{w}" height="{h}" fill="white"/>']
+    for acc in range(0, 101, 20):
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{py(acc):.1f}" y2="{py(acc):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 6}" y="{py(acc) + 4:.1f}" text-anchor="end">{acc}</text>')
+    for r, x in xs.items():
+        out.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{r:g}</text>')
+    out.append(f'<text x="{(left + w - right) / 2:.1f}" y="{h - 8}" text-anchor="middle">sparsity</text>'
+               f'<text x="14" y="{(top + h - bottom) / 2:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {(top + h - bottom) / 2:.1f})">test accuracy %</text>')
+    legend_y = top + 10
+    for scope in SCOPES:
+        for stage, label in COLUMNS.items():
+            points = []
+            for r in ratios:
+                vals = [x[stage] for x in results if x["dataset"] == dataset and x["ratio"] == r
+                        and x["scope"] == scope]
+                if vals:
+                    points.append((xs[r], *_stats(vals)))
+            if not points:
+                continue
+            dash = ' stroke-dasharray="5 3"' if stage == "final" else ""
+            colour = COLOURS[scope]
+            path = " ".join(f"{x:.1f},{py(m):.1f}" for x, m, _ in points)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6"{dash}/>')
+            for x, m, sd in points:
+                out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{py(min(m + sd, 100)):.1f}" '
+                           f'y2="{py(max(m - sd, 0)):.1f}" stroke="{colour}"/>'
+                           f'<circle cx="{x:.1f}" cy="{py(m):.1f}" r="2.5" fill="{colour}"/>')
+            out.append(f'<line x1="{w - right + 12}" x2="{w - right + 36}" y1="{legend_y}" y2="{legend_y}" '
+                       f'stroke="{colour}" stroke-width="1.6"{dash}/><text x="{w - right + 42}" '
+                       f'y="{legend_y + 4}">{scope}, {label}</text>')
+            legend_y += 16
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="quickstart")
+    p.add_argument("--sparsities", default="0.9,0.95,0.98,0.99,0.995")
+    p.add_argument("--scopes", default=",".join(SCOPES))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1),
+                   help="runs at once (each one worker with one thread)")
+    p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run, e.g. activations.trials=10 (stated in the output)")
+    p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "sparsity_sweep"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sparsity_sweep.md"))
+    args = p.parse_args()
+    ratios = [float(r) for r in args.sparsities.split(",")]
+    scopes = [s for s in args.scopes.split(",") if s]
+    for s in scopes:
+        if s not in SCOPES:
+            p.error(f"unknown allocation {s!r}; valid: {', '.join(SCOPES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    jobs, notes = [], []
+    for dataset in args.datasets.split(","):
+        overrides = _dataset_overrides(dataset, args.fashion_mnist_dir)
+        if overrides is None:
+            notes.append(f"{dataset}: not installed, skipped (apt-get install dataset-fashion-mnist)")
+            continue
+        # Highest sparsity first: those points decide the headline, the rest fill in.
+        jobs += [(dataset, r, s, seed, overrides + args.set)
+                 for r in sorted(ratios, reverse=True) for s in scopes for seed in seeds]
+    results, failed = [], []
+
+    def one(job):
+        dataset, ratio, scope, seed, overrides = job
+        try:
+            r = _run(workdir, dataset, ratio, scope, seed, overrides)
+            print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
+                  f"({r['seconds']} s)", flush=True)
+            return r
+        except RuntimeError as exc:
+            failed.append(str(exc))
+            print(exc, flush=True)
+            return None
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = [r for r in pool.map(one, jobs) if r is not None]
+
+    out = Path(args.out)
+    lines = ["# Accuracy against sparsity: allocations, ReLU and SAFS", "",
+             f"Command: `python benchmarks/sparsity_sweep.py {' '.join(sys.argv[1:])}`", "",
+             "LeNet-5, `studies/quickstart.toml`'s budgets" + (f" with {', '.join(args.set)}" if args.set else "")
+             + ", ablations off; each point one pipeline run per seed, the ReLU column its magnitude-pruning "
+             "baseline and the SAFS column its final stage (test accuracy %, mean ± sd).", ""]
+    for dataset in args.datasets.split(","):
+        if not any(r["dataset"] == dataset for r in results):
+            continue
+        svg = out.with_name(f"{out.stem}_{dataset}.svg")
+        svg.write_text(_svg(results, dataset, sorted(ratios)))
+        lines += [f"## {dataset}", "", *_table(results, dataset, sorted(ratios)), "",
+                  f"![accuracy against sparsity]({svg.name})", ""]
+        if (verdict := _best_against_layer(results, dataset, 0.99)) is not None:
+            lines += [verdict, ""]
+    lines += [f"- {n}" for n in notes + failed]
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
