@@ -569,7 +569,7 @@ class _Extremum(torch.autograd.Function):
     def forward(ctx, a, b, largest):
         ctx.save_for_backward(a, b)
         ctx.largest = largest
-        return torch.maximum(a, b) if largest else torch.minimum(a, b)
+        return _plain_extremum(a, b, largest)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -578,6 +578,10 @@ class _Extremum(torch.autograd.Function):
         # share of a: 1 where a wins, 1/2 on ties, 0 where b wins.
         ga = torch.addcmul(g, g, torch.sign(a - b) if ctx.largest else torch.sign(b - a)).mul_(0.5)
         return ga, g - ga, None
+
+
+def _plain_extremum(a: Tensor, b: Tensor, largest: bool) -> Tensor:
+    return torch.maximum(a, b) if largest else torch.minimum(a, b)
 
 
 class _SafeDiv(torch.autograd.Function):
@@ -619,12 +623,12 @@ def mul(a: Tensor, b: Tensor) -> Tensor:
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
     """max(a, b)."""
-    return _custom(_Extremum, lambda a, b, _: torch.maximum(a, b), a, b, True)
+    return _custom(_Extremum, _plain_extremum, a, b, True)
 
 
 def minimum(a: Tensor, b: Tensor) -> Tensor:
     """min(a, b)."""
-    return _custom(_Extremum, lambda a, b, _: torch.minimum(a, b), a, b, False)
+    return _custom(_Extremum, _plain_extremum, a, b, False)
 
 
 def left(a: Tensor, b: Tensor) -> Tensor:
