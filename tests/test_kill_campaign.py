@@ -123,17 +123,20 @@ def _worker(path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_a_once_stage_queued_twice_is_trained_once(tmp_path):
+def test_a_once_stage_requeued_twice_after_one_failure_is_trained_once(tmp_path):
     path = write_config(tmp_path)
     assert _worker(path).returncode == 0
     cfg = load_config(path)
     study = optuna.load_study(study_name="tiny/dense", storage=cfg.storage)
-    study.enqueue_trial({})  # as when two workers re-queue a failed stage at the same moment
+    # Two workers re-queue the stage after the same failure (trial 0), at the same moment.
+    study.enqueue_trial({}, user_attrs={"requeued_after": 0})
+    study.enqueue_trial({}, user_attrs={"requeued_after": 0})
     proc = _worker(path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first, second = _trials(cfg, "dense")
-    assert first.state == TrialState.COMPLETE and second.state == TrialState.FAIL
-    assert second.user_attrs["duplicate_of"] == first.number and "error" not in second.user_attrs
+    first, again, duplicate = _trials(cfg, "dense")
+    assert [t.state for t in (first, again, duplicate)] == [TrialState.COMPLETE, TrialState.COMPLETE,
+                                                            TrialState.FAIL]
+    assert duplicate.user_attrs["duplicate_of"] == again.number and "error" not in duplicate.user_attrs
 
 
 def test_a_once_stage_whose_dead_worker_was_not_requeued_is_requeued(tmp_path):

@@ -263,7 +263,7 @@ class Pipeline:
                     # re-queueing it, as Optuna's stale-trial check does in two steps.
                     self.log(f"{stage.name}: the trial of a worker that died was not re-queued; "
                              "re-queued it")
-                    study.enqueue_trial({})
+                    self.studies.requeue(study, failed[-1])
                     continue
                 why = error or (f"its worker died {len(failed)} times (killed, or out of memory?); "
                                 "see the worker's log")
@@ -281,11 +281,9 @@ class Pipeline:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             trial = optuna.Trial(study, frozen._trial_id)
-            other = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                               TrialState.RUNNING))
-                          if t._trial_id != frozen._trial_id), None)
+            other = self.studies.requeued_twice(study, frozen)
             if other is not None:
-                # Two workers re-queued the stage at once (each saw it failed): train it once.
+                # Two workers re-queued the stage after the same failure: train it once.
                 trial.set_user_attr(DUPLICATE_ATTR, other.number)
                 study.tell(trial, state=TrialState.FAIL)
                 continue

@@ -30,6 +30,7 @@ from .stages import STAGES, Stage, stage as stage_of
 __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", "FIDELITY_ATTR"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+REQUEUE_ATTR = "requeued_after"  # user attr of a "once" trial queued again: the failed trial's number
 # What may change between runs of one study without invalidating what is stored.
 RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "path")
 START_ATTR = "start"  # user attr of a search stage's start trial
@@ -191,9 +192,26 @@ class Studies:
         for stage in self.stages:
             study = self.study(stage)
             if rearm and stage.kind == "once":
-                states = [t.state for t in study.get_trials(deepcopy=False)]
-                if states and all(s == TrialState.FAIL for s in states):
-                    study.enqueue_trial({})
+                trials = study.get_trials(deepcopy=False)
+                if trials and all(t.state == TrialState.FAIL for t in trials):
+                    self.requeue(study, trials[-1])
+
+    @staticmethod
+    def requeue(study: optuna.Study, failed: FrozenTrial) -> None:
+        """Queue a "once" stage again after its trial ``failed``, marked with that trial's number,
+        so that a second worker re-queueing after the same failure is found out
+        (:meth:`requeued_twice`) and the stage still trains once."""
+        study.enqueue_trial({}, user_attrs={REQUEUE_ATTR: failed.number})
+
+    @staticmethod
+    def requeued_twice(study: optuna.Study, claimed: FrozenTrial) -> FrozenTrial | None:
+        """Another trial re-queued after the same failure as ``claimed`` that is running or
+        finished, if any: then ``claimed`` is a duplicate and must not train."""
+        after = claimed.user_attrs.get(REQUEUE_ATTR)
+        if after is None:
+            return None
+        return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+                     if t._trial_id != claimed._trial_id and t.user_attrs.get(REQUEUE_ATTR) == after), None)
 
     def running_ids(self) -> set[int]:
         return {t._trial_id for study in self._studies.values()
