@@ -91,7 +91,8 @@ def _table(results: list[dict], dataset: str, ratios: list[float]) -> list[str]:
             rs = [r for r in results if r["dataset"] == dataset and r["ratio"] == ratio and r["scope"] == scope]
             if not rs:
                 continue
-            gain = _fmt([r["final"] - r["baseline"] for r in rs])
+            gains = [r["final"] - r["baseline"] for r in rs]
+            gain = ("+" if statistics.mean(gains) >= 0 else "") + _fmt(gains)
             reached = _fmt([r["sparsity"] for r in rs])
             lines.append(f"| {ratio:g} | {scope} | {len(rs)} | {reached} | {_fmt([r['baseline'] for r in rs])} "
                          f"| {_fmt([r['final'] for r in rs])} | {gain} |")

@@ -70,11 +70,22 @@ def test_shipped_config_parses_and_round_trips(path):
     assert config.path == path
     assert config.storage == f"sqlite:///{STUDIES / path.stem}.db"
     assert config.artifacts == str(STUDIES / f"{path.stem}.artifacts")
-    assert config.sparsity.ratio == 0.99 and config.sparsity.scope == "layer"
+    # The paper's allocation, except in the variant of the quick start made to show another.
+    scope = "lamp" if path.stem == "quickstart_strong" else "layer"
+    assert config.sparsity.ratio == 0.99 and config.sparsity.scope == scope
     assert config.ablations is True
     assert parse_config(to_dict(config), path) == config
     text = path.read_text()
     assert text.count("#") > 20, "shipped configs are commented so that they read as documentation"
+
+
+def test_quickstart_strong_is_the_quickstart_with_another_allocation():
+    plain, strong = (to_dict(load_config(STUDIES / f"{n}.toml")) for n in ("quickstart", "quickstart_strong"))
+    for d in (plain, strong):
+        for key in ("name", "storage", "artifacts", "path"):
+            d.pop(key, None)
+        d["sparsity"].pop("scope")
+    assert plain == strong
 
 
 def test_quickstart_is_small_and_offline():
