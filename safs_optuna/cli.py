@@ -546,7 +546,10 @@ def _storage_failure(args: argparse.Namespace, exc: BaseException) -> str:
     cause: BaseException = exc
     while cause.__cause__ is not None:  # Optuna wraps SQLAlchemy, which wraps the driver
         cause = cause.__cause__
-    url = _config(args).storage
+    try:
+        url = _config(args).storage
+    except UserError:  # the config itself went away meanwhile: say what the database said
+        return f"the storage failed during the command ({_one_line(cause)})"
     try:
         check_storage(url)
     except StorageError as damaged:
