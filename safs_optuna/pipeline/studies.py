@@ -97,8 +97,9 @@ def _with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> di
 
 
 @functools.cache
-def _default_fingerprint(name: str) -> dict[str, Any]:
-    return _fingerprint(parse_config({"name": name}))
+def _default_fingerprint() -> dict[str, Any]:
+    # The name only sets the storage and artifacts paths, which a fingerprint leaves out.
+    return _fingerprint(parse_config({"name": "defaults"}))
 
 
 class Studies:
@@ -171,7 +172,7 @@ class Studies:
     def _upgraded(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """``stored`` with the keys added to the config since it was stored, at their defaults:
         a study made before a key existed was made with the key's default behaviour."""
-        return _with_defaults(stored, _default_fingerprint(self.cfg.name))
+        return _with_defaults(stored, _default_fingerprint())
 
     def _config_diff(self, name: str, stored: Mapping[str, Any]) -> str:
         now = self.fingerprint()
