@@ -13,7 +13,7 @@ except ``name``, and a missing key takes the default of the matching dataclass b
 
     [model]        name
     [data]         name, root, val_size, download
-    [sparsity]     ratio, scope, skip, min_density
+    [sparsity]     ratio, scope, skip, min_density, gradual_epochs
     [dense]        epochs, checkpoint
     [protocol]     optimizer, lr, momentum, weight_decay, schedule, batch_size, nesterov, augment
     [activations]  preset, unary, binary, sampler, pruner, trials, epochs, fraction, history, lahc
@@ -29,6 +29,7 @@ Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, exclu
     [sparsity] ratio              (0, 1)                 0 prunes nothing: nothing to recover
     [sparsity] skip               module paths of the model (checked by ``run`` before it starts)
     [sparsity] min_density        module-path glob -> (0, 1]; globs and reachability checked by ``run``
+    [sparsity] gradual_epochs     [0, 100 000]           0 = one-shot pruning; N = N epochs of gradual pruning
     [dense] epochs                [1, 100 000]           [0, 100 000] with a checkpoint
     [protocol] lr                 (0, 10]
     [protocol] momentum           [0, 1)
@@ -175,12 +176,21 @@ class SparsityConfig:
     names modules left dense and outside the ratio. ``min_density`` maps module-path globs to
     the least fraction of weights those layers keep (``{ conv1 = 0.3 }``; ``1.0`` keeps them
     dense): unlike ``skip`` they count towards ``ratio``, and the other layers are pruned harder
-    so that the total still holds (see :func:`safs_optuna.sparsity.magnitude_prune`)."""
+    so that the total still holds (see :func:`safs_optuna.sparsity.magnitude_prune`).
+
+    ``gradual_epochs`` chooses how the dense network becomes sparse (the pipeline's ``sparse``
+    stage): ``0`` prunes it in one shot; ``N > 0`` is gradual magnitude pruning (Zhu & Gupta
+    2017) over N epochs: before epoch ``e`` (from 0) the sparsity rises to
+    ``cubic_sparsity(e + 1, N, final=ratio)`` with the allocation above, then the network
+    fine-tunes one epoch with the default ``[protocol]`` (a fresh optimizer each epoch, so its
+    LR schedule runs within the epoch), reaching ``ratio`` in the last epoch. It costs N epochs,
+    once per study; every later stage starts from its weights."""
 
     ratio: float = 0.99
     scope: str = "layer"
     skip: tuple[str, ...] = ()
     min_density: dict[str, float] = dataclasses.field(default_factory=dict)
+    gradual_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -364,7 +374,6 @@ class ConfigError(ValueError):
         self.problem = problem
         where = _where(key) + (" (override)" if override else "")
         super().__init__(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")
-
 
 def _where(key: str) -> str:
     if not key:
@@ -832,6 +841,9 @@ def _check_sparsity(c: SparsityConfig, s: _Section) -> SparsityConfig:
         if not 0.0 < density <= 1.0:
             s.fail("min_density", f"{pattern!r}: a density must be in (0, 1] (1 keeps the layer dense), "
                                   f"got {density!r}")
+    if not 0 <= c.gradual_epochs <= _MAX_EPOCHS:
+        most = f"{_MAX_EPOCHS:,}".replace(",", " ")  # 100 000, as at_most writes it
+        s.fail("gradual_epochs", f"must be in [0, {most}] (0 = one-shot pruning), got {c.gradual_epochs!r}")
     return c
 
 

@@ -177,6 +177,7 @@ def test_defaults(tmp_path):
     assert config.model == ModelConfig() and config.model.name == "lenet5"
     assert config.data == DataConfig("quickstart", None, 0.1, False)
     assert config.sparsity == SparsityConfig(0.99, "layer", ())
+    assert config.sparsity.gradual_epochs == 0  # one-shot pruning, as before the key existed
     assert config.dense == DenseConfig(10, None)
     assert config.protocol == ProtocolConfig("adam", 1e-3, 0.9, 0.0, "constant", 128, False, False)
     assert config.activations == ActivationsConfig("safs", None, None, "lahc", "incumbent", 20, "auto", 1.0, 3)
@@ -321,6 +322,8 @@ def test_unknown_choices(tmp_path, text, fragment, valid):
         ("[data]\nval_size = 1\n", "[data] val_size: must be in (0.0, 1.0), got 1.0"),
         ("[sparsity]\nratio = 1.0\n", "[sparsity] ratio: must be in [0.0, 1.0), got 1.0"),
         ("[sparsity]\nratio = -0.1\n", "[sparsity] ratio: must be in [0.0, 1.0), got -0.1"),
+        ("[sparsity]\ngradual_epochs = -1\n",
+         "[sparsity] gradual_epochs: must be in [0, 100 000] (0 = one-shot pruning), got -1"),
         ("[hpo.space]\nlr = [0.1, 0.001]\n", "[hpo.space] lr: expected [low, high] with low < high, got [0.1, 0.001]"),
         ("[hpo.space]\nlr = [0.0, 0.1]\n", "[hpo.space] lr: is searched on a log scale, so low must be > 0"),
         ("[hpo.space]\nweight_decay = [0, 1e-2]\n", "[hpo.space] weight_decay: is searched on a log scale"),
@@ -344,6 +347,7 @@ def test_out_of_range(tmp_path, text, fragment):
         ("[activations]\ntrials = '5'\n", '[activations] trials: expected an integer, got "5" (string)'),
         ("[activations]\ntrials = true\n", "[activations] trials: expected an integer, got true (boolean)"),
         ("[final]\nepochs = 2.5\n", "[final] epochs: expected an integer, got 2.5 (float)"),
+        ("[sparsity]\ngradual_epochs = 2.5\n", "[sparsity] gradual_epochs: expected an integer, got 2.5 (float)"),
         ("[protocol]\nlr = 'fast'\n", '[protocol] lr: expected a number, got "fast" (string)'),
         ("[protocol]\nlr = nan\n", "[protocol] lr: expected a finite number, got nan"),
         ("[protocol]\nnesterov = 1\n", "[protocol] nesterov: expected true or false, got 1 (integer)"),
@@ -597,6 +601,7 @@ def test_activations_lahc_variant(tmp_path):
         ("[hpo]\nepochs = 100001\n", "[hpo] epochs: must be <= 100 000, got 100001"),
         ("[hpo]\nfraction = 1e-5\n", "[hpo] fraction: must be in [0.0001, 1.0], got 1e-05"),
         ("[final]\nepochs = 100001\n", "[final] epochs: must be <= 100 000, got 100001"),
+        ("[sparsity]\ngradual_epochs = 100001\n", "[sparsity] gradual_epochs: must be in [0, 100 000]"),
     ],
 )
 def test_upper_bounds(tmp_path, text, fragment):
@@ -613,6 +618,8 @@ def test_upper_bounds(tmp_path, text, fragment):
         "[hpo]\ntrials = 100000\nepochs = 100000\nfraction = 1e-4\n",
         "[final]\nepochs = 100000\n",
         "[dense]\nepochs = 100000\n",
+        "[sparsity]\ngradual_epochs = 100000\n",
+        "[sparsity]\ngradual_epochs = 0\n",
     ],
 )
 def test_the_bounds_themselves_are_valid(tmp_path, text):

@@ -30,7 +30,7 @@ from safs_optuna.config import load_config
 from safs_optuna.pipeline import Pipeline, work_all
 work_all([Pipeline(load_config(sys.argv[1]), worker=1, heartbeat_interval=1, grace_period=2)], poll=0.2)
 """
-ONCE = ("dense", "baseline", "final", "stage1", "stage2")
+ONCE = ("dense", "sparse", "baseline", "final", "stage1", "stage2")
 SEARCH = {"activations": 4, "hpo": 3, "hpo-relu": 3}
 KILLS = 12  # at most one per trial: every kill waits until a trial finished since the last one
 

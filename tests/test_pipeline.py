@@ -55,7 +55,7 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
 
     cfg = load_config(path)
     workers = set()
-    for stage in ("dense", "baseline", "activations", "hpo", "final", "hpo-relu", "stage1", "stage2"):
+    for stage in ("dense", "sparse", "baseline", "activations", "hpo", "final", "hpo-relu", "stage1", "stage2"):
         trials = [t for t in _trials(cfg, stage) if t.state == optuna.trial.TrialState.COMPLETE]
         assert trials, stage
         workers |= {t.user_attrs["worker"] for t in trials}
@@ -63,8 +63,8 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
         sparsity = {t.user_attrs["sparsity"] for t in trials}
         assert sparsity == {0.0} if stage == "dense" else min(sparsity) > 98.9, (stage, sparsity)
     assert workers == {1, 2}
-    once = [t for s in ("dense", "baseline", "final", "stage1", "stage2") for t in _trials(cfg, s)]
-    assert len(once) == 5  # every "once" stage ran exactly once with two workers
+    once = [t for s in ("dense", "sparse", "baseline", "final", "stage1", "stage2") for t in _trials(cfg, s)]
+    assert len(once) == 6  # every "once" stage ran exactly once with two workers
     assert sum(t.state.is_finished() for t in _trials(cfg, "activations")) >= 3
     first = _trials(cfg, "activations")[0]
     assert set(first.params.values()) == {"relu"}  # LAHC starts from the all-ReLU baseline
@@ -81,7 +81,7 @@ def test_two_workers_end_to_end_then_status_report_export(tmp_path, capsys):
 
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.count(" done ") + out.count(" NOTHING ") == 8  # a search may have found nothing, and say so
+    assert out.count(" done ") + out.count(" NOTHING ") == 9  # a search may have found nothing, and say so
     assert "Density per layer after sparsity 0.99 (layer):" in out and "| `conv1` | 150 | " in out
     assert main(["report", str(path)]) == 0
     assert "tiny activations" in capsys.readouterr().out
@@ -187,6 +187,8 @@ def test_dense_checkpoint_is_used_instead_of_training(tmp_path):
     assert trial.state.name == "COMPLETE" and trial.user_attrs["epochs"] == 0
     splits = so.data.load("quickstart")
     assert trial.value == pytest.approx(so.evaluate(so.make_searchable(dense), splits.val).accuracy)
+    sparse = pipe.stages[1]  # pruned from the dense stage's checkpoint
+    pipe._run_once(sparse, pipe.status(sparse))
     assert torch.equal(pipe.sparse_model.get_submodule("conv1").weight_orig, dense.get_submodule("conv1").weight)
 
     wrong = tmp_path / "wrong.pt"
@@ -220,7 +222,7 @@ def test_killed_worker_is_replaced_by_the_other(tmp_path):
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "worker(s) 2 stopped early" in out
-    for stage in ("dense", "baseline", "final", "stage1", "stage2"):
+    for stage in ("dense", "sparse", "baseline", "final", "stage1", "stage2"):
         assert sum(t.state.name == "COMPLETE" for t in _trials(cfg, stage)) == 1, stage
     finished = [t for t in _trials(cfg, "activations") if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) >= 6
@@ -334,7 +336,7 @@ def test_a_lost_checkpoint_names_the_stage_and_rerun_restores_it(tmp_path):
     assert len([t for t in _trials(cfg, "final") if t.state.name == "COMPLETE"]) == 2
     assert _cli("export", str(path), str(tmp_path / "m.pt2")).returncode == 0
     bad = _cli("run", str(path), "--rerun", "activations")
-    assert bad.returncode == 1 and "not a stage that runs once; valid: dense, baseline" in bad.stderr
+    assert bad.returncode == 1 and "not a stage that runs once; valid: dense, sparse, baseline" in bad.stderr
 
 
 def test_min_density_keeps_a_layer_denser_and_the_total_on_target(tmp_path):

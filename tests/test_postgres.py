@@ -20,7 +20,7 @@ from safs_optuna.storage import StorageError, make_storage, redact
 from ._tiny import write_config
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-STAGES = ("dense", "baseline", "activations", "hpo", "final", "hpo-relu", "stage1", "stage2")
+STAGES = ("dense", "sparse", "baseline", "activations", "hpo", "final", "hpo-relu", "stage1", "stage2")
 PASSWORD = "Tr0ub4dor-3x7q"  # distinctive, so that any echo of it in output is found
 
 

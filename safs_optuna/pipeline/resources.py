@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..activation import OperatorTree
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import StudyConfig
 from ..models import build_model, make_searchable, sites
 from ..space import ActivationSpace
@@ -129,21 +130,75 @@ class Resources:
             raise PipelineError(f"stage {stage_name!r}: {exc}; run the stage again with "
                                 f"`safs-optuna run {self.cfg.path or 'CONFIG'} --rerun {stage_name}`") from None
 
+    def dense_model(self) -> nn.Module:
+        """A fresh copy of the network the dense stage stored."""
+        from .stages import STAGES
+
+        model, _ = self.load(next(s.name for s in STAGES if s.body == "dense"))
+        return model
+
+    def save_progress(self, model: nn.Module, epoch: int) -> str:
+        """Store ``model`` after ``epoch`` epochs of a resumable stage; returns its artifact id.
+
+        A new id every time, so a worker killed while writing never damages the file that the
+        trial's progress attr still names (the caller drops the older file once it names this one).
+        """
+        path = Path(self.tmp.name) / "progress.pt"
+        save_checkpoint(path, model, self.arch, epoch=epoch)
+        artifact_id = f"progress-{uuid.uuid4()}.pt"
+        with open(path, "rb") as f:
+            self.artifacts.write(artifact_id, f)
+        return artifact_id
+
+    def load_progress(self, artifact_id: str) -> tuple[nn.Module, int]:
+        """The model and epoch count that :meth:`save_progress` stored.
+
+        Raises:
+            CheckpointError: The file is missing or damaged (the stage then starts over).
+        """
+        from ..checkpoint import CheckpointError
+
+        dest = Path(self.tmp.name) / "resume.pt"
+        try:
+            optuna.artifacts.download_artifact(artifact_store=self.artifacts, artifact_id=artifact_id,
+                                               file_path=str(dest))
+        except Exception as exc:  # the store raises different types for a missing file
+            raise CheckpointError(f"{artifact_id} in {self.cfg.artifacts} cannot be read "
+                                  f"({type(exc).__name__})") from None
+        try:
+            model, ckpt = load_checkpoint(dest)
+        finally:
+            dest.unlink(missing_ok=True)
+        if not isinstance(ckpt.get("epoch"), int):
+            raise CheckpointError(f"{artifact_id} in {self.cfg.artifacts} holds no epoch count")
+        return model, ckpt["epoch"]
+
+    def drop_progress(self, artifact_id: str | None) -> None:
+        """Delete a progress file that a newer one (or the stage's result) replaced."""
+        if artifact_id is None:
+            return
+        try:
+            self.artifacts.remove(artifact_id)
+        except (optuna.artifacts.exceptions.ArtifactNotFound, OSError):
+            pass  # already gone (an earlier try removed it): nothing to free
+
+    def prune(self, model: nn.Module, ratio: float) -> None:
+        """Raise ``model``'s sparsity to ``ratio`` with the config's allocation (masks only grow)."""
+        sp = self.cfg.sparsity
+        try:
+            magnitude_prune(model, ratio, scope=sp.scope, skip=sp.skip, min_density=sp.min_density)
+        except ValueError as exc:  # e.g. a [sparsity] skip that names no layer of this model
+            from .studies import PipelineError
+
+            raise PipelineError(f"[sparsity] of {self.cfg.path or 'the config'}: {exc}") from None
+
     @property
     def sparse_model(self) -> nn.Module:
-        """The dense weights with the config's sparsity: the start of every fine-tune (copied)."""
+        """The network the sparsify stage stored: the start of every fine-tune (copied)."""
         if self._sparse is None:
             from .stages import STAGES
 
-            model, _ = self.load(next(s.name for s in STAGES if s.body == "dense"))
-            sp = self.cfg.sparsity
-            try:
-                magnitude_prune(model, sp.ratio, scope=sp.scope, skip=sp.skip, min_density=sp.min_density)
-            except ValueError as exc:  # e.g. a [sparsity] skip that names no layer of this model
-                from .studies import PipelineError
-
-                raise PipelineError(f"[sparsity] of {self.cfg.path or 'the config'}: {exc}") from None
-            self._sparse = model
+            self._sparse, _ = self.load(next(s.name for s in STAGES if s.body == "sparsify"))
         return self._sparse
 
     def fresh(self, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> nn.Module:

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ..activation import OperatorTree
-from ..checkpoint import save_checkpoint
+from ..checkpoint import CheckpointError, save_checkpoint
 from ..config import StudyConfig
 from ..models import build_model, make_searchable, sites
 from ..pruners import REASON_ATTR, DivergencePruner, IncumbentPruner
@@ -29,13 +29,13 @@ from ..ranking import chance_band, trial_score
 from ..report import ResultRow, dashboard_note, markdown_table, paper_row
 from ..samplers import LAHCSampler
 from ..samplers.seeded import PositionSeededSampler, position_seed
-from ..sparsity import sparsity_report
+from ..sparsity import cubic_sparsity, sparsity_report
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY
 from ..training import DivergedError, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
 from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
 from .resources import Resources
-from .stages import COLUMN_STAGES, STAGES, Stage, stage as stage_of
-from .studies import INPUTS_ATTR, START_ATTR, PipelineError, StageStatus, Studies, all_stages
+from .stages import COLUMN_STAGES, Stage, stage as stage_of
+from .studies import INPUTS_ATTR, PROGRESS_ATTR, START_ATTR, PipelineError, StageStatus, Studies, all_stages
 
 __all__ = ["Pipeline", "work_all", "POLL_SECONDS", "AUTO_FLOOR"]
 
@@ -159,7 +159,7 @@ class Pipeline:
 
     def _sampler(self, stage: Stage) -> optuna.samplers.BaseSampler:
         # Each study draws its own numbers: hpo and hpo-relu must not propose in lockstep.
-        seed = position_seed(self.cfg.seed, STAGES.index(stage))
+        seed = position_seed(self.cfg.seed, stage.seed)
         if stage.kind == "once":
             return optuna.samplers.RandomSampler(seed=seed)
         section = getattr(self.cfg, stage.section)
@@ -289,7 +289,7 @@ class Pipeline:
                 continue
             self.log(f"{stage.name}: started (trial {trial.number})")
             start = time.time()
-            body = {"dense": self._train_dense, "finetune": self._finetune}[stage.body]
+            body = {"dense": self._train_dense, "sparsify": self._sparsify, "finetune": self._finetune}[stage.body]
             with _Heartbeat(self.storage, trial._trial_id):
                 try:
                     value = body(stage, trial)
@@ -404,12 +404,83 @@ class Pipeline:
         return self._finish_once(stage, trial, model, result, False, hp, epochs)
 
     def _load_user_weights(self, model: nn.Module, path: str) -> None:
-        from ..checkpoint import CheckpointError, load_dense_weights
+        from ..checkpoint import load_dense_weights
 
         try:
             load_dense_weights(model, path, name=self.cfg.model.name)
         except CheckpointError as exc:
             raise PipelineError(str(exc)) from None
+
+    def _sparsify(self, stage: Stage, trial: optuna.Trial) -> float:
+        """The dense network at the config's sparsity, stored for every later stage: pruned in one
+        shot, or gradually over ``[sparsity] gradual_epochs`` (see :meth:`_prune_gradually`)."""
+        hp = self.cfg.protocol.hparams()
+        epochs = self.cfg.sparsity.gradual_epochs
+        progress: str | None = None
+        if epochs:
+            model, val, progress = self._prune_gradually(stage, trial, hp, epochs)
+        else:
+            model = self.res.dense_model()
+            self.res.prune(model, self.cfg.sparsity.ratio)
+            val = evaluate(model, self.splits.val, device=self.cfg.device).accuracy
+        value = self._finish_once(stage, trial, model, FitResult(val, max(0, epochs - 1), []), False, hp, epochs)
+        self.res.drop_progress(progress)  # only now: the stage's checkpoint replaces it
+        return value
+
+    def _prune_gradually(self, stage: Stage, trial: optuna.Trial, hp: HParams, epochs: int
+                         ) -> tuple[nn.Module, float, str | None]:
+        """Gradual magnitude pruning (Zhu & Gupta 2017): before epoch ``e`` the sparsity rises to
+        ``cubic_sparsity(e + 1, epochs)``, then one epoch of the default protocol; the last epoch
+        ends at the config's ratio. After each epoch the model is stored with the epoch count, so
+        a worker killed on the way is resumed from its last finished epoch. Returns the model, its
+        validation accuracy after the last epoch and the artifact id of the last progress file."""
+        model, done, schedule, previous = self._gradual_start(stage)
+        for epoch in range(done, epochs):
+            ratio = cubic_sparsity(epoch + 1, epochs, final=self.cfg.sparsity.ratio)
+            self.res.prune(model, ratio)
+            stats = self._gradual_epoch(stage, model, hp, epoch, epochs)
+            schedule.append([round(100 * sparsity_report(model).ratio, 3), round(stats.val_accuracy, 4)])
+            checkpoint = self.res.save_progress(model, epoch + 1)
+            trial.set_user_attr(PROGRESS_ATTR, {"epoch": epoch + 1, "checkpoint": checkpoint,
+                                                "schedule": schedule})
+            self.res.drop_progress(previous)  # only now: the attr names the newer file
+            previous = checkpoint
+        trial.set_user_attr("schedule", schedule)
+        return model, schedule[-1][1], previous
+
+    def _gradual_start(self, stage: Stage) -> tuple[nn.Module, int, list[list[float]], str | None]:
+        """Where gradual pruning starts: the last epoch stored by an earlier try of the stage
+        (its model, epochs done, per-epoch record, progress file), else the dense network."""
+        found = self.studies.progress(stage)
+        if found is not None:
+            number, progress = found
+            try:
+                model, done = self.res.load_progress(progress["checkpoint"])
+            except CheckpointError as exc:
+                self.log(f"{stage.name}: the progress stored by trial {number} cannot be used ({exc}); "
+                         "starting gradual pruning over")
+            else:
+                epochs = self.cfg.sparsity.gradual_epochs
+                self.log(f"{stage.name}: resuming gradual pruning at epoch {done + 1}/{epochs} "
+                         f"(epochs 1-{done} done by trial {number})")
+                return model, done, list(progress["schedule"])[:done], progress["checkpoint"]
+        return self.res.dense_model(), 0, [], None
+
+    def _gradual_epoch(self, stage: Stage, model: nn.Module, hp: HParams, epoch: int, epochs: int
+                       ) -> EpochStats:
+        """One epoch of gradual pruning's fine-tuning: a fresh optimizer, as the masks just grew;
+        seeded by the epoch, so a resumed run trains exactly as one that never stopped."""
+        sparsity = sparsity_report(model).ratio
+
+        def on_epoch(stats: EpochStats) -> None:
+            self.log(f"{stage.name} epoch {epoch + 1}/{epochs} sparsity {100 * sparsity:.2f}% loss "
+                     f"{stats.train_loss:.3f} val {stats.val_accuracy:.2f}% ({stats.seconds:.1f}s)")
+        try:
+            result = fit(model, self.splits, hp, 1, device=self.cfg.device,
+                         seed=position_seed(self.cfg.seed, epoch), progress=False, on_epoch=on_epoch)
+        except DivergedError as exc:
+            raise PipelineError(f"{stage.name}: fine-tuning diverged in epoch {epoch + 1} ({exc})") from exc
+        return result.history[-1]
 
     def _finetune(self, stage: Stage, trial: optuna.Trial) -> float:
         trial.set_user_attr(INPUTS_ATTR, self.studies.inputs(stage))
@@ -530,14 +601,18 @@ class Pipeline:
         return render(rows, header=f"{self.cfg.name}:")
 
     def density_table(self) -> str:
-        """The sparse network's weights and density per layer (from the baseline's trial)."""
-        best = self.column_trials().get("magnitude pruning")
+        """The sparse network's weights and density per layer, from the trial of the stage that
+        sparsified it (the baseline's in a study stored before that stage existed: the masks
+        are the same)."""
+        sparsify = next(s for s in self.stages if s.body == "sparsify")
+        best = self.status(sparsify).best_trial or self.column_trials().get("magnitude pruning")
         layers = best.user_attrs.get("layer_density") if best is not None else None
         if not layers:
             return ""
         sp = self.cfg.sparsity
         floors = "".join(f", {glob} keeps ≥ {100 * d:g} %" for glob, d in sp.min_density.items())
-        lines = [f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}{floors}):", "",
+        gradual = f", gradual over {sp.gradual_epochs} epochs" if sp.gradual_epochs else ""
+        lines = [f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}{floors}{gradual}):", "",
                  "| layer | weights | kept % |", "|---|---|---|"]
         lines += [f"| `{name}` | {total} | {kept:.2f} |" for name, (total, kept) in layers.items()]
         return "\n".join(lines)

@@ -4,7 +4,8 @@
 stage           kind    what it does
 ==============  ======  ============================================================
 dense           once    train the dense network (or load the user's checkpoint)
-baseline        once    sparsify, fine-tune with the network's own activations and the default protocol
+sparse          once    sparsify the dense network: one-shot, or gradually over ``gradual_epochs``
+baseline        once    fine-tune the sparse network with its own activations and the default protocol
 activations     search  stage 1: one operator tree per site (LAHC), α = β = 1
 hpo             search  stage 2: the fine-tuning protocol and learned α/β, stage-1 trees
 final           once    the winner of both stages, full fine-tune, test accuracy (SAFS)
@@ -13,7 +14,8 @@ stage1          once    ablation: stage-1 winner with the default protocol
 stage2          once    ablation: hpo-relu winner, full fine-tune
 ==============  ======  ============================================================
 
-Other modules never compare stage names: they read these fields.
+Every stage after ``sparse`` starts from the weights and masks that ``sparse`` stored. Other
+modules never compare stage names: they read these fields.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ class Stage:
         kind: ``"once"`` (one queued trial, run by exactly one worker) or ``"search"``.
         needs: Stages that must be done before this one starts.
         ablation: Only with ``ablations = true`` in the config (the paper's ablation columns).
-        body: What a trial does: ``"dense"`` (train or load the dense network), ``"finetune"``
-            (a full fine-tune of the sparse network, reported on the test split) or ``"search"``
-            (a short fine-tune scored on the validation split).
+        body: What a trial does: ``"dense"`` (train or load the dense network), ``"sparsify"``
+            (prune the dense network to ``[sparsity]``, one-shot or gradually; its checkpoint is
+            the sparse network every later stage starts from), ``"finetune"`` (a full fine-tune
+            of the sparse network, reported on the test split) or ``"search"`` (a short
+            fine-tune scored on the validation split).
         section: The config section with the search stage's sampler, pruner, trials and epochs.
         searches: What a search trial draws: ``"trees"`` (one per site) or ``"protocol"``.
         trees_from: Whose activations: the winner of this search stage, or ``None`` for the
@@ -44,6 +48,10 @@ class Stage:
         learn_scale: Whether α and β are learned: ``True``/``False``, or ``None`` to take it from
             the protocol (the winner's, or the trial's draw from ``[hpo.space] learn_scale``).
         column: The report column this stage fills (test accuracy of its trial).
+        seed: Mixed into the config's seed for the stage's sampler (search stages; once stages
+            draw nothing). Fixed per stage rather than its position in the table, so that a
+            stage added to the table changes no other stage's draws and a stored study resumes
+            drawing what it would have.
     """
 
     name: str
@@ -57,20 +65,23 @@ class Stage:
     protocol_from: str | None = None
     learn_scale: bool | None = False
     column: str | None = None
+    seed: int = 0
 
 
 # Order is priority: a free worker takes the first stage with work it can claim, so the
 # critical path (dense -> activations -> hpo -> final) goes first and ablations fill waits.
 STAGES: tuple[Stage, ...] = (
     Stage("dense", "once", body="dense", column="dense"),
-    Stage("baseline", "once", ("dense",), column="magnitude pruning"),
-    Stage("activations", "search", ("dense",), body="search", section="activations", searches="trees"),
+    Stage("sparse", "once", ("dense",), body="sparsify"),
+    Stage("baseline", "once", ("sparse",), column="magnitude pruning"),
+    Stage("activations", "search", ("sparse",), body="search", section="activations", searches="trees",
+          seed=2),
     Stage("hpo", "search", ("activations",), body="search", section="hpo", searches="protocol",
-          trees_from="activations", learn_scale=None),
+          trees_from="activations", learn_scale=None, seed=3),
     Stage("final", "once", ("hpo",), trees_from="activations", protocol_from="hpo", learn_scale=None,
           column="SAFS"),
-    Stage("hpo-relu", "search", ("dense",), ablation=True, body="search", section="hpo",
-          searches="protocol", learn_scale=True),
+    Stage("hpo-relu", "search", ("sparse",), ablation=True, body="search", section="hpo",
+          searches="protocol", learn_scale=True, seed=5),
     Stage("stage1", "once", ("activations",), ablation=True, trees_from="activations", column="stage 1"),
     Stage("stage2", "once", ("hpo-relu",), ablation=True, protocol_from="hpo-relu", learn_scale=True,
           column="stage 2"),

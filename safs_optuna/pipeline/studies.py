@@ -27,7 +27,7 @@ from ..ranking import left_chance, trial_score
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, fail_unbeating_trials, make_storage, redact
 from .stages import STAGES, Stage, stage as stage_of
 
-__all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", "FIDELITY_ATTR"]
+__all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", "FIDELITY_ATTR", "PROGRESS_ATTR"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REQUEUE_ATTR = "requeued_after"  # user attr of a "once" trial queued again: the failed trial's number
@@ -37,6 +37,9 @@ START_ATTR = "start"  # user attr of a search stage's start trial
 INPUTS_ATTR = "inputs"  # user attr: the upstream winners a trial ran with, {stage: trial number}
 FIDELITY_ATTR = "epochs"  # study user attr: epochs per trial of a search stage, once known
 FIDELITY_WHY_ATTR = "epochs_reason"
+# User attr of a resumable once-stage's trial (gradual pruning), rewritten after every epoch:
+# {"epoch": epochs done, "checkpoint": artifact id of the model then, "schedule": per-epoch record}.
+PROGRESS_ATTR = "progress"
 
 
 class PipelineError(RuntimeError):
@@ -255,6 +258,20 @@ class Studies:
         study = self.study(stage)
         study.set_user_attr(FIDELITY_ATTR, int(epochs))
         study.set_user_attr(FIDELITY_WHY_ATTR, reason)
+
+    # ------------------------------------------------------------- progress
+    def progress(self, stage: Stage) -> tuple[int, dict[str, Any]] | None:
+        """Where a resumable once-stage got to before its worker died: the furthest progress
+        (trial number, :data:`PROGRESS_ATTR`) among the trials that did not finish since the
+        stage last completed, so ``--rerun`` starts over; ``None`` when there is none."""
+        trials = self.study(stage).get_trials(deepcopy=False)
+        last = max((t.number for t in trials if t.state == TrialState.COMPLETE), default=-1)
+        left = [t for t in trials
+                if t.number > last and t.state != TrialState.COMPLETE and PROGRESS_ATTR in t.user_attrs]
+        if not left:
+            return None
+        best = max(left, key=lambda t: (t.user_attrs[PROGRESS_ATTR]["epoch"], t.number))
+        return best.number, best.user_attrs[PROGRESS_ATTR]
 
     # ------------------------------------------------------------- status
     def status(self, stage: Stage | str) -> StageStatus:
