@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from search_signal import _dataset_overrides, _fmt
+from svg_plot import Series, line_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "studies" / "quickstart.toml"
@@ -117,23 +118,8 @@ def _best_against_layer(results: list[dict], dataset: str, ratio: float) -> str 
 
 def _svg(results: list[dict], dataset: str, ratios: list[float]) -> str:
     """Test accuracy against sparsity: solid lines ReLU, dashed SAFS, bars one sd."""
-    w, h, left, right, top, bottom = 640, 400, 56, 150, 20, 44
-    xs = {r: left + (w - left - right) * i / max(len(ratios) - 1, 1) for i, r in enumerate(ratios)}
-
-    def py(acc: float) -> float:
-        return top + (h - top - bottom) * (1 - acc / 100)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
-           f'font-size="11"><rect width="{w}" height="{h}" fill="white"/>']
-    for acc in range(0, 101, 20):
-        out.append(f'<line x1="{left}" x2="{w - right}" y1="{py(acc):.1f}" y2="{py(acc):.1f}" stroke="#ddd"/>'
-                   f'<text x="{left - 6}" y="{py(acc) + 4:.1f}" text-anchor="end">{acc}</text>')
-    for r, x in xs.items():
-        out.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{r:g}</text>')
-    out.append(f'<text x="{(left + w - right) / 2:.1f}" y="{h - 8}" text-anchor="middle">sparsity</text>'
-               f'<text x="14" y="{(top + h - bottom) / 2:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {(top + h - bottom) / 2:.1f})">test accuracy %</text>')
-    legend_y = top + 10
+    pos = {r: i / max(len(ratios) - 1, 1) for i, r in enumerate(ratios)}
+    series = []
     for scope in SCOPES:
         for stage, label in COLUMNS.items():
             points = []
@@ -141,23 +127,9 @@ def _svg(results: list[dict], dataset: str, ratios: list[float]) -> str:
                 vals = [x[stage] for x in results if x["dataset"] == dataset and x["ratio"] == r
                         and x["scope"] == scope]
                 if vals:
-                    points.append((xs[r], *_stats(vals)))
-            if not points:
-                continue
-            dash = ' stroke-dasharray="5 3"' if stage == "final" else ""
-            colour = COLOURS[scope]
-            path = " ".join(f"{x:.1f},{py(m):.1f}" for x, m, _ in points)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6"{dash}/>')
-            for x, m, sd in points:
-                out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{py(min(m + sd, 100)):.1f}" '
-                           f'y2="{py(max(m - sd, 0)):.1f}" stroke="{colour}"/>'
-                           f'<circle cx="{x:.1f}" cy="{py(m):.1f}" r="2.5" fill="{colour}"/>')
-            out.append(f'<line x1="{w - right + 12}" x2="{w - right + 36}" y1="{legend_y}" y2="{legend_y}" '
-                       f'stroke="{colour}" stroke-width="1.6"{dash}/><text x="{w - right + 42}" '
-                       f'y="{legend_y + 4}">{scope}, {label}</text>')
-            legend_y += 16
-    out.append("</svg>")
-    return "\n".join(out)
+                    points.append((pos[r], *_stats(vals)))
+            series.append(Series(f"{scope}, {label}", COLOURS[scope], points, dashed=stage == "final"))
+    return line_plot(series, [(x, f"{r:g}") for r, x in pos.items()], "sparsity", "test accuracy %")
 
 
 def main() -> None:
