@@ -39,7 +39,8 @@ Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, exclu
     [activations] epochs          [1, 100 000] or "auto"
     [activations] fraction        [0.0001, 1]            and a subset of at least one batch (``run``)
     [activations] history         [1, 1000]
-    [hpo] trials, epochs          [1, 100 000]
+    [hpo] trials                  [1, 100 000]
+    [hpo] epochs                  [1, 100 000] or "final"
     [hpo] fraction                [0.0001, 1]            and a subset of at least one batch (``run``)
     [final] epochs                [1, 100 000]
 
@@ -120,6 +121,9 @@ every network starts at chance); ``divergence+X`` wraps X in a DivergencePruner.
 
 AUTO = "auto"
 """``epochs = "auto"`` of a search stage: measured by its start trial (see the pipeline)."""
+
+FINAL = "final"
+"""``[hpo] epochs = "final"``: every stage-2 trial trains as long as the full fine-tune."""
 
 
 STORAGE_SCHEMES: tuple[str, ...] = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -275,12 +279,19 @@ class HPOSpace:
 
 @dataclass(frozen=True)
 class HPOConfig:
-    """``[hpo]``: stage 2, the fine-tuning hyperparameter search with the activations fixed."""
+    """``[hpo]``: stage 2, the fine-tuning hyperparameter search with the activations fixed.
+
+    ``epochs = "final"`` (the default) trains every protocol for ``[final] epochs``, its
+    learning-rate schedule spread over them, exactly as the full fine-tune will, as the paper's
+    code does; the pruner stops protocols that fall clearly behind the best one early. A number
+    trains that many epochs instead, the schedule spread over them: cheaper, but a protocol
+    that wins a short run can lose the full one (``benchmarks/fidelity_rank.py`` measures it).
+    """
 
     sampler: str = "tpe"
     pruner: str = "incumbent"
     trials: int = 20
-    epochs: int = 2
+    epochs: int | str = FINAL
     fraction: float = 1.0
     space: HPOSpace = HPOSpace()
 
@@ -879,14 +890,15 @@ def _check_protocol(c: ProtocolConfig, s: _Section) -> ProtocolConfig:
     return c
 
 
-def _check_stage(c: ActivationsConfig | HPOConfig, s: _Section) -> None:
+def _check_stage(c: ActivationsConfig | HPOConfig, s: _Section, words: tuple[str, ...]) -> None:
+    """The keys both search stages have; ``words``: what ``epochs`` may say instead of a number."""
     s.choice("sampler", c.sampler, SAMPLERS, "sampler")
     s.choice("pruner", c.pruner, PRUNERS, "pruner")
     s.at_least("trials", c.trials, 1)
     s.at_most("trials", c.trials, _MAX_TRIALS)
     if isinstance(c.epochs, str):
-        if c.epochs != AUTO or not isinstance(c, ActivationsConfig):
-            valid = 'an integer >= 1 or "auto"' if isinstance(c, ActivationsConfig) else "an integer >= 1"
+        if c.epochs not in words:
+            valid = "an integer >= 1 or " + " or ".join(f'"{w}"' for w in words)
             s.fail("epochs", f"expected {valid}, got {_show(c.epochs)}")
     else:
         s.at_least("epochs", c.epochs, 1)
@@ -907,7 +919,7 @@ def _check_activations(c: ActivationsConfig, s: _Section) -> ActivationsConfig:
         s.choices("unary", c.unary, UNARY, "unary operator")
     if c.binary is not None:
         s.choices("binary", c.binary, BINARY, "binary operator")
-    _check_stage(c, s)
+    _check_stage(c, s, (AUTO,))
     s.at_least("history", c.history, 1)
     s.at_most("history", c.history, _MAX_HISTORY)
     s.choice("lahc", c.lahc, VARIANTS, "LAHC variant")
@@ -927,7 +939,7 @@ def _check_space(c: HPOSpace, s: _Section) -> HPOSpace:
 
 
 def _check_hpo(c: HPOConfig, s: _Section) -> HPOConfig:
-    _check_stage(c, s)
+    _check_stage(c, s, (FINAL,))
     return c
 
 

@@ -94,11 +94,14 @@ def test_quickstart_is_small_and_offline():
     assert config.protocol.optimizer == "adam" and config.protocol.lr == 1e-3
     a, h = config.activations, config.hpo
     # Whole-data epochs of the whole pipeline with ablations: a few minutes on 2 CPU cores
-    # ("auto" candidate epochs are at most a full fine-tune's).
+    # ("auto" candidate epochs are at most a full fine-tune's, "final" protocols exactly one).
     per_candidate = config.final.epochs if a.epochs == "auto" else a.epochs
+    per_protocol = config.final.epochs if h.epochs == "final" else h.epochs
     epochs = (config.dense.epochs + 4 * config.final.epochs + a.trials * per_candidate * a.fraction
-              + 2 * h.trials * h.epochs * h.fraction)
-    assert epochs <= 200, epochs  # worst case: every candidate at the "auto" ceiling
+              + 2 * h.trials * per_protocol * h.fraction)
+    # Worst case, nothing pruned and every candidate at its ceiling; the pruners stop most
+    # candidates and protocols after 1 or 2 epochs in practice (benchmarks/quickstart.py).
+    assert epochs <= 300, epochs
 
 
 # The commit of github.com/automl/SAFS whose lines the paper configs cite.
@@ -181,7 +184,7 @@ def test_defaults(tmp_path):
     assert config.dense == DenseConfig(10, None)
     assert config.protocol == ProtocolConfig("adam", 1e-3, 0.9, 0.0, "constant", 128, False, False)
     assert config.activations == ActivationsConfig("safs", None, None, "lahc", "incumbent", 20, "auto", 1.0, 3)
-    assert config.hpo == HPOConfig("tpe", "incumbent", 20, 2, 1.0, HPOSpace())
+    assert config.hpo == HPOConfig("tpe", "incumbent", 20, "final", 1.0, HPOSpace())
     assert config.hpo.space.optimizers == ("sgd", "adam", "adamw", "rmsprop")
     assert config.hpo.space.lr == (1e-4, 1e-1)
     assert config.hpo.space.schedules == ("constant", "cosine", "step", "plateau")

@@ -249,7 +249,7 @@ CASES: list[Case] = [
     edit("activations", "epochs", '"forever"', names=('"auto"',)),
     edit("activations", "epochs", "2.5"),
     edit("activations", "unary", '"relu"'),
-    edit("hpo", "epochs", '"auto"'),
+    edit("hpo", "epochs", '"auto"', names=('"final"',)),
     edit("hpo.space", "lr", "[0.1]"),
     edit("hpo.space", "lr", '[0.001, "a"]'),
     edit("hpo.space", "learn_scale", "true"),

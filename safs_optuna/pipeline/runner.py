@@ -179,7 +179,8 @@ class Pipeline:
             return optuna.pruners.NopPruner()
         section = getattr(self.cfg, stage.section)
         kind = section.pruner
-        max_epochs = section.epochs if section.epochs != "auto" else self.cfg.final.epochs
+        configured = self.studies.configured_epochs(stage)
+        max_epochs = configured if configured != "auto" else self.cfg.final.epochs
         inner_name = kind.split("+")[-1]
         inner: optuna.pruners.BasePruner | None = {
             "none": None,

@@ -22,7 +22,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import StudyConfig, parse_config, to_dict
+from ..config import FINAL, StudyConfig, parse_config, to_dict
 from ..ranking import left_chance, trial_score
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, fail_unbeating_trials, make_storage, redact
 from .stages import STAGES, Stage, stage as stage_of
@@ -136,8 +136,10 @@ class Studies:
         return getattr(self.cfg, stage.section).trials if stage.kind == "search" else 1
 
     def configured_epochs(self, stage: Stage) -> int | str:
-        """A search stage's ``epochs`` as configured: a number or ``"auto"``."""
-        return getattr(self.cfg, stage.section).epochs
+        """A search stage's epochs per trial as configured: a number (``"final"``: the full
+        fine-tune's) or ``"auto"``."""
+        epochs = getattr(self.cfg, stage.section).epochs
+        return self.cfg.final.epochs if epochs == FINAL else epochs
 
     # ------------------------------------------------------------- creation
     def fingerprint(self) -> dict[str, Any]:
