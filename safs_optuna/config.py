@@ -383,8 +383,19 @@ class ConfigError(ValueError):
         self.source = source
         self.key = key
         self.problem = problem
+        self.override = override
         where = _where(key) + (" (override)" if override else "")
         super().__init__(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        # Picklable, so that the error of a config loaded in a worker process (multiprocessing,
+        # concurrent.futures) reaches the parent as itself, not as a broken pool.
+        return (_config_error, (self.source, self.key, self.problem, self.override))
+
+
+def _config_error(source: str, key: str, problem: str, override: bool) -> ConfigError:
+    return ConfigError(source, key, problem, override=override)
+
 
 def _where(key: str) -> str:
     if not key:

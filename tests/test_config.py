@@ -451,6 +451,19 @@ def test_config_error_is_a_value_error_with_the_key(tmp_path):
     assert "low < high" in info.value.problem
 
 
+def test_config_error_crosses_process_boundaries_intact(tmp_path):
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = write(tmp_path, 'name = "s"\n[hpo]\ntrials = 0\n')
+    with ProcessPoolExecutor(1) as pool, pytest.raises(ConfigError) as info:
+        pool.submit(load_config, path, {"final.epochs": 0}).result()
+    assert info.value.key in ("hpo.trials", "final.epochs") and str(path) in str(info.value)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (str(again), again.key, again.problem, again.override) == (
+        str(info.value), info.value.key, info.value.problem, info.value.override)
+
+
 # --- overrides ------------------------------------------------------------------------------
 
 
