@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
@@ -41,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from search_signal import _dataset_overrides, _fmt  # noqa: E402
+import bench_args  # noqa: E402
+from bench_args import fmt as _fmt  # noqa: E402
 
 CONFIG = ROOT / "studies" / "quickstart.toml"
 
@@ -177,34 +177,19 @@ def _summary(runs: list[dict], dataset: str) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", default="quickstart,fashion_mnist")
-    p.add_argument("--seeds", default="0,1,2")
+    bench_args.add_options(p, "fidelity_rank", "quickstart,fashion_mnist", 'sparsity.scope="lamp"')
     p.add_argument("--protocols", type=int, default=12, help="protocols per seed, the default included")
     p.add_argument("--short-epochs", type=int, default=2)
     p.add_argument("--short-fraction", type=float, default=1.0)
-    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
-    p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override, e.g. sparsity.scope=\"lamp\" (stated in the output)")
-    p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "fidelity_rank"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity_rank.md"))
     args = p.parse_args()
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    jobs, notes = [], []
-    for dataset in args.datasets.split(","):
-        overrides = _dataset_overrides(dataset, args.fashion_mnist_dir)
-        if overrides is None:
-            notes.append(f"{dataset}: not installed, skipped (apt-get install dataset-fashion-mnist)")
-            continue
-        jobs += [(str(workdir), dataset, s, args.protocols, args.short_epochs, args.short_fraction,
-                  overrides + args.set) for s in seeds]
+    workdir = bench_args.workdir(args)
+    found, notes = bench_args.datasets(args)
+    jobs = [(str(workdir), dataset, s, args.protocols, args.short_epochs, args.short_fraction, overrides)
+            for dataset, overrides in found for s in bench_args.seeds(args)]
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(_one, *zip(*jobs)))
-    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--jobs" and sys.argv[i] != "--jobs"]
-    cmd = "python benchmarks/fidelity_rank.py " + " ".join(shown)
-    lines = ["# Stage-2 search fidelity against the full fine-tune", "", f"`{cmd.strip()}`", "",
+    lines = ["# Stage-2 search fidelity against the full fine-tune", "",
+             f"`{bench_args.command('fidelity_rank.py')}`", "",
              "Budgets: `studies/quickstart.toml` (LeNet-5, its dense training and `[final] epochs`), one "
              "torch thread per seed, CPU." + (f" Overrides: {', '.join(args.set)}." if args.set else ""), ""]
     for dataset in dict.fromkeys(j[1] for j in jobs):

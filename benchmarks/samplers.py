@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -40,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_args  # noqa: E402
+from bench_args import fmt as _fmt  # noqa: E402
 from fidelity_rank import _parse_set  # noqa: E402
-from search_signal import _dataset_overrides, _fmt  # noqa: E402
 from svg_plot import Series, line_plot  # noqa: E402
 
 CONFIG = ROOT / "studies" / "quickstart.toml"
@@ -154,39 +154,24 @@ def _svg(runs: list[dict], dataset: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", default="quickstart,fashion_mnist")
+    bench_args.add_options(p, "samplers", "quickstart,fashion_mnist", "activations.fraction=0.2")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=3, help="epochs per candidate, the same for every sampler")
     p.add_argument("--no-finetune", action="store_true",
                    help="skip the winner's full fine-tune (its test column reads —); saves its epochs")
-    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
-    p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override, e.g. activations.fraction=0.2 (stated in the output)")
-    p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "samplers"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "samplers.md"))
     args = p.parse_args()
     samplers = [s for s in args.samplers.split(",") if s]
     for s in samplers:
         if s not in SAMPLERS:
             p.error(f"unknown sampler {s!r}; valid: {', '.join(SAMPLERS)}")
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    jobs, notes = [], []
-    for dataset in args.datasets.split(","):
-        overrides = _dataset_overrides(dataset, args.fashion_mnist_dir)
-        if overrides is None:
-            notes.append(f"{dataset}: not installed, skipped (apt-get install dataset-fashion-mnist)")
-            continue
-        jobs += [(str(workdir), dataset, s, seed, args.epochs, overrides + args.set, not args.no_finetune)
-                 for seed in seeds for s in samplers]
+    workdir = bench_args.workdir(args)
+    found, notes = bench_args.datasets(args)
+    jobs = [(str(workdir), dataset, s, seed, args.epochs, overrides, not args.no_finetune)
+            for dataset, overrides in found for seed in bench_args.seeds(args) for s in samplers]
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(_one, *zip(*jobs)))
-    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--jobs" and sys.argv[i] != "--jobs"]
     out = Path(args.out)
-    lines = ["# Stage-1 samplers at the same budget", "", "`python benchmarks/samplers.py " + " ".join(shown) + "`",
+    lines = ["# Stage-1 samplers at the same budget", "", f"`{bench_args.command('samplers.py')}`",
              "", "Budgets: `studies/quickstart.toml` (LeNet-5 at 0.99 layer-wise; dense and fine-tune epochs as "
              "there), one torch thread per run, CPU." + (f" Overrides: {', '.join(args.set)}." if args.set else ""),
              ""]

@@ -37,12 +37,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import bench_args
+from bench_args import fmt as _fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "studies" / "quickstart.toml"
@@ -56,19 +58,6 @@ VARIANTS = {
     "compact": ['activations.preset="compact"'],
     "core": ['activations.preset="core"'],
 }
-
-
-def _dataset_overrides(dataset: str, fmnist_dir: str | None) -> list[str] | None:
-    if dataset == "quickstart":
-        return ['data.name="quickstart"']
-    if fmnist_dir:
-        return [f'data.name="idx:{fmnist_dir}"']
-    sys.path.insert(0, str(ROOT))
-    from safs_optuna.data import SYSTEM_FASHION_MNIST_DIRS
-
-    if any(Path(d).is_dir() for d in SYSTEM_FASHION_MNIST_DIRS):
-        return ['data.name="fashion_mnist"']
-    return None
 
 
 def _run(workdir: Path, dataset: str, variant: str, seed: int, overrides: list[str],
@@ -138,13 +127,15 @@ def _read(db: Path, name: str) -> dict:
     return out
 
 
-def _fmt(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if len(vals) < len(values) or not vals:
-        return "—"
-    if len(vals) == 1:
-        return f"{vals[0]:.2f}"
-    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+def _budget() -> str:
+    """The quick start's budgets in words, read from its config."""
+    sys.path.insert(0, str(ROOT))
+    from safs_optuna.config import load_config
+
+    c = load_config(CONFIG)
+    hpo = "the fine-tune's epochs" if c.hpo.epochs == "final" else f"{c.hpo.epochs} epochs"
+    return (f"dense {c.dense.epochs} epochs; {c.activations.trials} stage-1 candidates × {c.activations.epochs} "
+            f"epochs; {c.hpo.trials} + {c.hpo.trials} stage-2 trials × {hpo}; {c.final.epochs}-epoch fine-tunes")
 
 
 def _table(results: list[dict], dataset: str) -> list[str]:
@@ -170,34 +161,19 @@ def _table(results: list[dict], dataset: str) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", default="quickstart,fashion_mnist")
+    bench_args.add_options(p, "search_signal", "quickstart,fashion_mnist", "activations.fraction=0.2")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)),
-                   help="runs at once (each one worker with one thread)")
     p.add_argument("--before-checkout", help="a checkout of the code before the change, for 'before'")
-    p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override for every run (e.g. activations.fraction=0.2)")
-    p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "search_signal"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_signal.md"))
     args = p.parse_args()
-    workdir = Path(args.workdir).resolve()  # runs start in other folders (the earlier checkout's)
-    workdir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    workdir = bench_args.workdir(args)  # absolute: runs start in other folders (the earlier checkout's)
+    seeds = bench_args.seeds(args)
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
-    jobs, notes = [], []
-    for dataset in args.datasets.split(","):
-        overrides = _dataset_overrides(dataset, args.fashion_mnist_dir)
-        if overrides is None:
-            notes.append(f"{dataset}: not installed, skipped (apt-get install dataset-fashion-mnist)")
-            print(notes[-1])
-            continue
-        jobs += [(dataset, v, s, overrides + args.set) for v in variants for s in seeds]
+    found, notes = bench_args.datasets(args)
+    jobs = [(dataset, v, s, overrides) for dataset, overrides in found for v in variants for s in seeds]
     print(f"{len(jobs)} runs, {args.jobs} at once; logs and databases in {workdir}")
     start = time.time()
 
@@ -215,8 +191,7 @@ def main() -> None:
              f"`python benchmarks/search_signal.py --datasets {args.datasets} --variants {args.variants} "
              f"--seeds {args.seeds}" + "".join(f" --set {x}" for x in args.set) + "`" + (" --before-checkout <checkout of the earlier code>" if args.before_checkout
                                           else ""), "",
-             "Budgets: `studies/quickstart.toml` (dense 6 epochs; 20 stage-1 candidates; 10 + 10 stage-2 "
-             "trials × 2 epochs; 6-epoch fine-tunes), one worker with one torch thread per run, "
+             f"Budgets: `studies/quickstart.toml` ({_budget()}), one worker with one torch thread per run, "
              f"device {args.device}" + "".join(f", `--set {x}`" for x in args.set) +
              f". Test accuracy %, mean ± sd over seeds {args.seeds}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in results):

@@ -31,7 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from search_signal import _dataset_overrides, _fmt
+import bench_args
+from bench_args import fmt as _fmt
 from svg_plot import Series, line_plot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,35 +135,20 @@ def _svg(results: list[dict], dataset: str, ratios: list[float]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", default="quickstart")
     p.add_argument("--sparsities", default="0.9,0.95,0.98,0.99,0.995")
     p.add_argument("--scopes", default=",".join(SCOPES))
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1),
-                   help="runs at once (each one worker with one thread)")
-    p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override for every run, e.g. activations.trials=10 (stated in the output)")
-    p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / "sparsity_sweep"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sparsity_sweep.md"))
+    bench_args.add_options(p, "sparsity_sweep")
     args = p.parse_args()
     ratios = [float(r) for r in args.sparsities.split(",")]
     scopes = [s for s in args.scopes.split(",") if s]
     for s in scopes:
         if s not in SCOPES:
             p.error(f"unknown allocation {s!r}; valid: {', '.join(SCOPES)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    jobs, notes = [], []
-    for dataset in args.datasets.split(","):
-        overrides = _dataset_overrides(dataset, args.fashion_mnist_dir)
-        if overrides is None:
-            notes.append(f"{dataset}: not installed, skipped (apt-get install dataset-fashion-mnist)")
-            continue
-        # Highest sparsity first: those points decide the headline, the rest fill in.
-        jobs += [(dataset, r, s, seed, overrides + args.set)
-                 for r in sorted(ratios, reverse=True) for s in scopes for seed in seeds]
+    workdir = bench_args.workdir(args)
+    found, notes = bench_args.datasets(args)
+    # Highest sparsity first: those points decide the headline, the rest fill in.
+    jobs = [(dataset, r, s, seed, overrides) for dataset, overrides in found
+            for r in sorted(ratios, reverse=True) for s in scopes for seed in bench_args.seeds(args)]
     results, failed = [], []
 
     def one(job):
@@ -182,7 +168,7 @@ def main() -> None:
 
     out = Path(args.out)
     lines = ["# Accuracy against sparsity: allocations, ReLU and SAFS", "",
-             f"Command: `python benchmarks/sparsity_sweep.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `{bench_args.command('sparsity_sweep.py')}`", "",
              "LeNet-5, `studies/quickstart.toml`'s budgets" + (f" with {', '.join(args.set)}" if args.set else "")
              + ", ablations off; each point one pipeline run per seed, the ReLU column its magnitude-pruning "
              "baseline and the SAFS column its final stage (test accuracy %, mean ± sd).", ""]

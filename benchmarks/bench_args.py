@@ -1,0 +1,83 @@
+"""What the benchmark scripts share: their common options, the datasets they find, number formatting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MISSING_FMNIST = "not installed, skipped (apt-get install dataset-fashion-mnist)"
+
+
+def add_options(p: argparse.ArgumentParser, name: str, datasets: str = "quickstart",
+                set_example: str = "activations.trials=10") -> None:
+    """--datasets, --seeds, --jobs, --fashion-mnist-dir, --set, --workdir and --out (named ``name``)."""
+    p.add_argument("--datasets", default=datasets, help="quickstart, fashion_mnist (comma-separated)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1),
+                   help="runs at once (each one process with one torch thread)")
+    p.add_argument("--fashion-mnist-dir", help="a folder with Fashion-MNIST's IDX files")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"a config override for every run, e.g. {set_example} (stated in the output)")
+    p.add_argument("--workdir", default=str(ROOT / "benchmarks" / "work" / name),
+                   help="finished runs are kept here and read back, not rerun")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.md"))
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")]
+
+
+def workdir(args: argparse.Namespace) -> Path:
+    """``--workdir``, absolute (runs may start in other folders) and created."""
+    path = Path(args.workdir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def datasets(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(dataset, its config overrides followed by ``--set``'s) per dataset found, and a note per
+    dataset that is not installed."""
+    found, notes = [], []
+    for dataset in args.datasets.split(","):
+        overrides = dataset_overrides(dataset, args.fashion_mnist_dir)
+        if overrides is None:
+            notes.append(f"{dataset}: {MISSING_FMNIST}")
+            print(notes[-1])
+            continue
+        found.append((dataset, overrides + args.set))
+    return found, notes
+
+
+def dataset_overrides(dataset: str, fmnist_dir: str | None) -> list[str] | None:
+    """The config overrides that select ``dataset``; None where Fashion-MNIST is not installed."""
+    if dataset == "quickstart":
+        return ['data.name="quickstart"']
+    if fmnist_dir:
+        return [f'data.name="idx:{fmnist_dir}"']
+    sys.path.insert(0, str(ROOT))
+    from safs_optuna.data import SYSTEM_FASHION_MNIST_DIRS
+
+    if any(Path(d).is_dir() for d in SYSTEM_FASHION_MNIST_DIRS):
+        return ['data.name="fashion_mnist"']
+    return None
+
+
+def command(script: str) -> str:
+    """How this run was invoked, for the results file (without ``--jobs``, which changes nothing)."""
+    argv = sys.argv[1:]
+    shown = [a for i, a in enumerate(argv) if a != "--jobs" and (i == 0 or argv[i - 1] != "--jobs")]
+    return " ".join([f"python benchmarks/{script}", *shown])
+
+
+def fmt(values: list[float | None]) -> str:
+    """``mean ± sd`` (one value: itself); ``—`` when any value is missing."""
+    vals = [v for v in values if v is not None]
+    if len(vals) < len(values) or not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
