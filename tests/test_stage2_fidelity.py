@@ -41,6 +41,8 @@ def test_hpo_epochs_final_follows_the_final_epochs(tmp_path):
     path = write_config(tmp_path)
     cfg = load_config(path, {"hpo.epochs": "final", "final.epochs": 7})
     studies = Pipeline(cfg, log=lambda msg: None).studies
+    assert not studies.status("hpo-relu").exists
+    assert studies.status("hpo-relu").epochs == 7  # what `status` shows before the stage starts
     assert studies.configured_epochs(stage("hpo")) == 7
     assert studies.configured_epochs(stage("hpo-relu")) == 7
     assert studies.fidelity(stage("hpo")) == (7, None)

@@ -281,8 +281,10 @@ class Studies:
         try:
             study = self._studies.get(stage.name) or optuna.load_study(
                 study_name=self.name(stage.name), storage=self.storage)
-        except KeyError:
-            return StageStatus(stage, False, 0, 0, 0, 0, self.budget(stage), None, None)
+        except KeyError:  # not created yet: the configured epochs are known, "auto" ones are not
+            configured = self.configured_epochs(stage) if stage.kind == "search" else None
+            return StageStatus(stage, False, 0, 0, 0, 0, self.budget(stage), None, None,
+                               epochs=configured if configured != "auto" else None)
         trials = study.get_trials(deepcopy=False)
         # Trials that ran with other upstream winners (a search stage grew and found a better one
         # after this stage used it) are kept but no longer count: the stage runs again for the new ones.
