@@ -79,10 +79,15 @@ def _one(workdir: str, dataset: str, sampler: str, seed: int, epochs: int, overr
     start = time.time()
     pipe = Pipeline(cfg, log=lambda msg: None)
     pipe.prepare_studies()
+    idle_since = time.time()
     while not pipe.is_done("activations"):
         _, progressed = pipe.step()
-        if not progressed:
-            raise RuntimeError(f"{name}: no stage could make progress")
+        if progressed:
+            idle_since = time.time()
+        elif time.time() - idle_since > 1800:
+            raise RuntimeError(f"{name}: no stage made progress for 30 minutes")
+        else:  # another process runs this study's last trials (two invocations on one run)
+            time.sleep(2)
     trials = sorted(pipe.study("activations").get_trials(deepcopy=False), key=lambda t: t.number)
     vals = [t.value if t.state == TrialState.COMPLETE else None for t in trials]
     # The winner by the pipeline's own rule (the chance band, then validation loss), fine-tuned.
@@ -114,10 +119,12 @@ def _table(runs: list[dict], dataset: str) -> list[str]:
     rs = [r for r in runs if r["dataset"] == dataset]
     n = min(len(r["values"]) for r in rs)
     marks = sorted({m for m in (1, 5, 10, 15, 20, 30, 40, n) if m <= n})
+    tested = any(r["test"] is not None for r in rs)
     lines = [f"## {dataset}", "",
              f"{n} candidates per run, {rs[0]['epochs']} epochs each, no pruner; best validation accuracy "
              "found after k candidates (the first is the network's own ReLU for the samplers that start "
-             "there), then the stage-1 winner fine-tuned with the default protocol (test %). Mean ± sd over "
+             "there), then " + ("the stage-1 winner fine-tuned with the default protocol (test %)" if tested
+                                  else "no fine-tune of the winner (`--no-finetune`)") + ". Mean ± sd over "
              f"seeds {','.join(sorted({str(r['seed']) for r in rs}))}.", "",
              "| sampler | " + " | ".join(f"best val after {m}" for m in marks) + " | winner test | baseline test "
              "| winner ≠ ReLU | wall time per run |", "|---" * (len(marks) + 5) + "|"]
