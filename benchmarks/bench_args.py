@@ -27,6 +27,15 @@ def add_options(p: argparse.ArgumentParser, name: str, datasets: str = "quicksta
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.md"))
 
 
+def choices(p: argparse.ArgumentParser, value: str, valid, what: str) -> list[str]:
+    """The comma-separated ``value`` as a list; exits with a usage error naming an unknown one."""
+    chosen = [v for v in value.split(",") if v]
+    for v in chosen:
+        if v not in valid:
+            p.error(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
+    return chosen
+
+
 def seeds(args: argparse.Namespace) -> list[int]:
     return [int(s) for s in args.seeds.split(",")]
 

@@ -167,10 +167,7 @@ def main() -> None:
     p.add_argument("--no-finetune", action="store_true",
                    help="skip the winner's full fine-tune (its test column reads —); saves its epochs")
     args = p.parse_args()
-    samplers = [s for s in args.samplers.split(",") if s]
-    for s in samplers:
-        if s not in SAMPLERS:
-            p.error(f"unknown sampler {s!r}; valid: {', '.join(SAMPLERS)}")
+    samplers = bench_args.choices(p, args.samplers, SAMPLERS, "sampler")
     workdir = bench_args.workdir(args)
     found, notes = bench_args.datasets(args)
     jobs = [(str(workdir), dataset, s, seed, args.epochs, overrides, not args.no_finetune)

@@ -168,10 +168,7 @@ def main() -> None:
     args = p.parse_args()
     workdir = bench_args.workdir(args)  # absolute: runs start in other folders (the earlier checkout's)
     seeds = bench_args.seeds(args)
-    variants = [v for v in args.variants.split(",") if v]
-    for v in variants:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
+    variants = bench_args.choices(p, args.variants, VARIANTS, "variant")
     found, notes = bench_args.datasets(args)
     jobs = [(dataset, v, s, overrides) for dataset, overrides in found for v in variants for s in seeds]
     print(f"{len(jobs)} runs, {args.jobs} at once; logs and databases in {workdir}")

@@ -140,10 +140,7 @@ def main() -> None:
     bench_args.add_options(p, "sparsity_sweep")
     args = p.parse_args()
     ratios = [float(r) for r in args.sparsities.split(",")]
-    scopes = [s for s in args.scopes.split(",") if s]
-    for s in scopes:
-        if s not in SCOPES:
-            p.error(f"unknown allocation {s!r}; valid: {', '.join(SCOPES)}")
+    scopes = bench_args.choices(p, args.scopes, SCOPES, "allocation")
     workdir = bench_args.workdir(args)
     found, notes = bench_args.datasets(args)
     # Highest sparsity first: those points decide the headline, the rest fill in.
