@@ -20,7 +20,7 @@ Writes ``benchmarks/results/fidelity_rank.md``.
     python benchmarks/fidelity_rank.py --datasets quickstart,fashion_mnist --seeds 0,1,2 --jobs 2
 
 Each (dataset, seed) runs in its own process with one torch thread; finished ones are read back
-from ``--workdir``, not rerun.
+from ``--workdir``, not rerun. Needs scipy (``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
