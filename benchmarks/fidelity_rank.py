@@ -54,13 +54,10 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def _parse_set(items: list[str]) -> dict:
-    import tomllib
+    """``--set KEY=VALUE`` items as config overrides, read as the command line reads them."""
+    from safs_optuna.cli import _overrides
 
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-    return out
+    return _overrides(argparse.Namespace(set=items))
 
 
 def _one(workdir: str, dataset: str, seed: int, n: int, short_epochs: int, short_fraction: float,

@@ -124,6 +124,13 @@ def _read(db: Path, name: str) -> dict:
     out["pruned"] = sum(1 for t in trials if t.state == TrialState.PRUNED)
     out["epochs_stage1"] = sum(len(t.intermediate_values) for t in trials)
     out["epochs_per_candidate"] = study.user_attrs.get("epochs")
+    # Stage 2's epochs (the pruner stops protocols early) and the protocols stopped within 2.
+    for stage in ("hpo", "hpo-relu"):
+        curves = [len(t.intermediate_values) for t in
+                  optuna.load_study(study_name=f"{name}/{stage}", storage=url).get_trials(deepcopy=False)]
+        out[f"epochs_{stage}"] = sum(curves)
+        out[f"stopped_{stage}"] = sum(1 for n in curves if n <= 2)
+        out[f"protocols_{stage}"] = len(curves)
     return out
 
 
@@ -136,6 +143,13 @@ def _budget() -> str:
     hpo = "the fine-tune's epochs" if c.hpo.epochs == "final" else f"{c.hpo.epochs} epochs"
     return (f"dense {c.dense.epochs} epochs; {c.activations.trials} stage-1 candidates × {c.activations.epochs} "
             f"epochs; {c.hpo.trials} + {c.hpo.trials} stage-2 trials × {hpo}; {c.final.epochs}-epoch fine-tunes")
+
+
+def _stopped(r: dict) -> str:
+    if "stopped_hpo" not in r:
+        return "—"
+    return (f"{r['stopped_hpo'] + r['stopped_hpo-relu']} of "
+            f"{r['protocols_hpo'] + r['protocols_hpo-relu']}")
 
 
 def _table(results: list[dict], dataset: str) -> list[str]:
@@ -194,11 +208,14 @@ def main() -> None:
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         lines += [f"## {dataset}", ""] + _table(results, dataset) + [""]
     lines += ["## Per seed", "", "| dataset | variant | seed | dense | baseline | stage 1 | stage 2 | SAFS | stage-1 "
-              "winner | left chance | stage-1 epochs | epochs per candidate | code |", "|---" * 13 + "|"]
+              "winner | left chance | stage-1 epochs | epochs per candidate | stage-2 epochs (hpo, hpo-relu) "
+              "| stage-2 protocols stopped within 2 epochs | code |", "|---" * 15 + "|"]
     for r in results:
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['dense']} | {r['baseline']} | {r['stage1']} | "
                      f"{r['stage2']} | {r['final']} | {', '.join(r.get('winner', []))} | {r['left_chance']}/"
-                     f"{r['candidates']} | {r['epochs_stage1']} | {r['epochs_per_candidate'] or 2} | {r['code']} |")
+                     f"{r['candidates']} | {r['epochs_stage1']} | {r['epochs_per_candidate'] or 2} | "
+                     f"{r.get('epochs_hpo', '—')}, {r.get('epochs_hpo-relu', '—')} | "
+                     f"{_stopped(r)} | {r['code']} |")
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     lines += [""] + [f"- {n}" for n in notes] + [
