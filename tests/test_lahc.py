@@ -123,6 +123,41 @@ def test_overlapping_asks_never_duplicate(tmp_path: Any) -> None:
     assert overlapped(sqlite(tmp_path, "two")) == trials
 
 
+def test_a_trial_asked_before_the_first_suggests_waits_for_it(tmp_path: Any) -> None:
+    # Two workers start together: the second trial is asked while the first has no parameters
+    # yet. It waits for them and moves away from them instead of repeating the initial ones.
+    import threading
+    import time
+
+    url = sqlite(tmp_path)
+    a, b = make_study(url), make_study(url)
+    first = a.ask()
+    timer = threading.Timer(0.3, lambda: suggest(first))
+    timer.start()
+    start = time.monotonic()
+    second = b.ask()
+    params = suggest(second)
+    waited = time.monotonic() - start
+    timer.join()
+    assert first.params == {f"{s}.left": "relu" for s in SITES}
+    assert waited >= 0.25
+    assert len(changed(first.params, params)) in (1, 2)  # one node changed, or a swap
+
+
+def test_a_trial_beside_a_silent_first_one_starts_at_random(tmp_path: Any, monkeypatch: Any) -> None:
+    # The first trial never suggests: after the wait the second draws a random configuration,
+    # a different one per trial, instead of repeating the initial one.
+    from safs_optuna.samplers import lahc
+
+    monkeypatch.setattr(lahc, "_ANCHOR_WAIT_S", 0.05)
+    study = make_study(sqlite(tmp_path))
+    study.ask()
+    drawn = [suggest(study.ask()) for _ in range(3)]
+    initial = {f"{s}.left": "relu" for s in SITES}
+    assert all(params != initial for params in drawn)
+    assert len({tuple(sorted(p.items())) for p in drawn}) == 3
+
+
 def test_restart_continues_the_same_chain(tmp_path: Any) -> None:
     reference = make_study(optuna.storages.InMemoryStorage())
     run(reference, 20)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ _RANDOM_TRIES = 16
 # proposal that clashed with another worker's claim is replaced.
 _CLAIM_ATTR = "lahc:proposal"
 _CLAIM_TRIES = 8
+# Before any trial finished, a trial started beside the first one waits this long (polling every
+# _ANCHOR_POLL_S) for the first one's parameters, so that it moves away from them instead of
+# repeating the initial configuration; past it, it starts from a random configuration.
+_ANCHOR_WAIT_S = 10.0
+_ANCHOR_POLL_S = 0.02
 # A numeric neighbour moves by a Gaussian step of this fraction of the (log) range.
 _STEP_FRACTION = 0.1
 # Largest finite space enumerated for an unseen configuration once every neighbour is taken.
@@ -268,7 +274,7 @@ class LAHCSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         self._raise_error_if_multi_objective(study)
-        trials = _all_trials(study)
+        trials = self._wait_for_anchor(study, trial)
         finished = [t for t in trials if t.state in _FINISHED]
         if finished:
             space = self._intersection.calculate(study._storage, study._study_id, finished)
@@ -303,13 +309,17 @@ class LAHCSampler(BaseSampler):
         proposal = proposer.propose(rng, taken)
         # Claim the proposal in the storage, then look again: of two workers proposing the same
         # configuration at once, at least one writes its claim before the other reads, so at
-        # least one sees the clash, and whoever sees it proposes again.
-        for _ in range(_CLAIM_TRIES):
+        # least one sees the clash, and whoever sees it proposes again, from a stream of its
+        # own trial's (two workers at the same chain position may share the first stream).
+        for attempt in range(_CLAIM_TRIES):
             study._storage.set_trial_system_attr(trial._trial_id, _CLAIM_ATTR, proposal)
             taken = self._taken_keys(_all_trials(study), space, trial.number)
             if self._key(proposal) not in taken:
-                break
+                return proposal
+            rng = np.random.default_rng([self._seed, chain.position, trial.number, attempt])
             proposal = proposer.propose(rng, taken)
+        study._storage.set_trial_system_attr(trial._trial_id, _CLAIM_ATTR, proposal)
+        _logger.debug("LAHC: trial %d still clashed after %d claims", trial.number, _CLAIM_TRIES)
         return proposal
 
     def sample_independent(
@@ -327,14 +337,30 @@ class LAHCSampler(BaseSampler):
             value = base.params[param_name]
             if _contains(param_distribution, value):
                 return value
-        if self._variant == "paper-code" and param_name not in self._initial_params:
+        # A trial beside a first one whose parameters never showed up (see _wait_for_anchor)
+        # starts from a random configuration rather than repeat the initial one.
+        beside_first = base is None and chain.current is None and _running_below(trials, trial)
+        if beside_first or (self._variant == "paper-code" and param_name not in self._initial_params):
             # The random start: a stream of its own per parameter name (crc32, not hash(), which
             # differs between processes), so the order of suggestions does not matter.
             name_key = zlib.crc32(param_name.encode())
-            pending = _pending_below(trials, trial)
-            rng = np.random.default_rng([self._seed, chain.position, pending, name_key])
+            stream = trial.number if beside_first else _pending_below(trials, trial)
+            rng = np.random.default_rng([self._seed, chain.position, stream, name_key])
             return _random_value(rng, param_distribution)
         return self._initial_value(param_name, param_distribution)
+
+    def _wait_for_anchor(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+        """The study's trials, once ``trial`` has something to move from: a finished trial or an
+        anchor (see :func:`_anchor`). While it has neither but a trial numbered below it is
+        running (that one takes the initial configuration), wait for that trial's parameters,
+        at most ``_ANCHOR_WAIT_S``."""
+        deadline = time.monotonic() + _ANCHOR_WAIT_S
+        while True:
+            trials = _all_trials(study)
+            if (any(t.state in _FINISHED for t in trials) or _anchor(trials, trial) is not None
+                    or not _running_below(trials, trial) or time.monotonic() > deadline):
+                return trials
+            time.sleep(_ANCHOR_POLL_S)
 
     def _initial_value(self, name: str, dist: BaseDistribution) -> Any:
         if name in self._initial_params:
@@ -485,6 +511,11 @@ def _all_trials(study: optuna.Study) -> list[FrozenTrial]:
 def _pending_below(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> int:
     """RUNNING or WAITING trials numbered below ``trial``: two workers asking at once differ here."""
     return sum(1 for t in trials if t.state in _PENDING and t.number < trial.number)
+
+
+def _running_below(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> bool:
+    """Whether a trial numbered below ``trial`` is running: it asked for its parameters first."""
+    return any(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
 
 
 def _anchor(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> FrozenTrial | None:
