@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from .activation import OperatorTree, TreeActivation
@@ -416,6 +415,9 @@ def efficientnet_b0(num_classes: int = 10, in_channels: int = 3, image_size: int
     the feature maps do not collapse to 1x1 early (total stride 16 instead of 32). The
     squeeze-excitation sigmoid gates stay plain ``nn.Sigmoid`` and are not sites by default.
     """
+    # Imported here: torchvision.models pulls in torch._dynamo, a second of every worker's start.
+    import torchvision.models
+
     model = torchvision.models.efficientnet_b0(weights=None, num_classes=num_classes)
     stem = model.features[0][0]
     assert isinstance(stem, nn.Conv2d)

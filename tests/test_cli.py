@@ -72,6 +72,15 @@ def test_module_entry_point_runs():
     assert __version__ in out
 
 
+def test_a_worker_imports_neither_torchvision_nor_the_compiler():
+    # Every worker process imports the CLI and the pipeline; torchvision.models pulls in
+    # torch._dynamo, over a second of each worker's start. Only EfficientNet-B0 needs it.
+    code = ("import sys, safs_optuna.cli, safs_optuna.pipeline, safs_optuna.models; "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_missing_device_is_a_clean_usage_error(tmp_path, capsys):
     path = write_config(tmp_path)
     assert main(["run", str(path), "--device", "cuda:99"]) == 2  # no machine has 100 GPUs
