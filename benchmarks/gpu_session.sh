@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared session on a GPU machine (16 cores, one GPU, no network): the GPU figures, the quick
-# start on CUDA, and the search-signal benchmark (quick start on the CPUs, full Fashion-MNIST on the
+# start on CUDA, stacked stage-1 candidates against separate ones, and the search-signal benchmark (quick start on the CPUs, full Fashion-MNIST on the
 # GPU). Expects, in the repository root: .whl/ (optuna and its pure-Python needs, for a machine
 # without them), .before/safs_optuna (the package before the change, for the "before" variant) and
 # bench-data/fashion_mnist (the IDX files of Debian's dataset-fashion-mnist). Results go to $OUT.
@@ -17,6 +17,7 @@ nvidia-smi -L; nproc; python3 -c "import torch, optuna; print(torch.__version__,
 LIMIT=${LIMIT:-450}
 start=$(date +%s)
 timeout 90 python3 benchmarks/gpu_epochs.py --device cuda --out "$OUT/gpu_epochs.md"
+timeout 120 python3 benchmarks/stacked_candidates.py --device cuda --out "$OUT/stacked_candidates.md"
 timeout $((LIMIT - $(date +%s) + start)) python3 benchmarks/search_signal.py --datasets quickstart --jobs 12 \
   --before-checkout "$PWD/.before" --workdir "$OUT/signal" --out "$OUT/search_signal_quickstart.md" \
   > "$OUT/signal_quickstart.log" 2>&1 &
