@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One prepared session on a GPU machine (16 cores, one GPU, no network): the GPU figures, stacked
 # stage-1 candidates against separate ones, the quick start on CUDA, and the search-signal benchmark
-# (quick start on the CPUs, full Fashion-MNIST on the GPU). Expects, in the repository root: .whl/ (optuna and its pure-Python needs, for a machine
-# without them), .before/safs_optuna (the package before the change, for the "before" variant) and
-# bench-data/fashion_mnist (the IDX files of Debian's dataset-fashion-mnist). Results go to $OUT.
+# (quick start on the CPUs, full Fashion-MNIST on the GPU). Expects, in the repository root: .whl/
+# (optuna and its pure-Python needs, for a machine without them), .before/safs_optuna (the package
+# before the change, for the "before" variant) and bench-data/fashion_mnist (the IDX files of
+# Debian's dataset-fashion-mnist). Results go to $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 if [ -d .whl ]; then
