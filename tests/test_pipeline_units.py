@@ -215,6 +215,21 @@ def test_a_finished_search_says_when_it_found_nothing(cfg, curves, says, capsys)
     assert f"**Warning:** {st.found_nothing}" in note
 
 
+@pytest.mark.parametrize("hpo_epochs, knob", [("1", "hpo.epochs=… (now 1)"), ('"final"', "final.epochs=… (now 1)")])
+def test_found_nothing_names_the_epochs_key_that_sets_the_trials_length(tmp_path, hpo_epochs, knob):
+    # Stage-2 trials that train as long as the fine-tune ("final") get longer with final.epochs.
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("[hpo]\ntrials = 3\nepochs = 1", f"[hpo]\ntrials = 3\nepochs = {hpo_epochs}"))
+    pipe = Pipeline(load_config(path), log=lambda msg: None)
+    study = pipe.study("hpo")
+    for trial in study.get_trials(deepcopy=False):
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    for i, accs in enumerate([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]]):
+        _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
+    assert f"try --set {knob}" in pipe.status("hpo").found_nothing
+
+
 def test_a_study_stored_before_a_config_key_existed_resumes_at_its_default(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
     pipe.prepare_studies()

@@ -343,7 +343,9 @@ class Studies:
         """Why a finished search found nothing, with the knob to turn; None when it found something."""
         finished = [t for t in trials if t.state in FINISHED]
         moved = [t for t in finished if t.state == TrialState.COMPLETE and left_chance(t)]
-        longer = f"--set {stage.section}.epochs=…" + (f" (now {epochs})" if epochs is not None else "")
+        # Trials that train as long as the fine-tune ("final") get longer with it, so they stay alike.
+        knob = "final" if getattr(self.cfg, stage.section).epochs == FINAL else stage.section
+        longer = f"--set {knob}.epochs=…" + (f" (now {epochs})" if epochs is not None else "")
         more = f"--set {stage.section}.trials=… (now {self.budget(stage)})"
         if best is None:
             return (f"{stage.name}: found nothing — every one of its {len(finished)} trials was pruned; "
