@@ -14,6 +14,11 @@ operators as they were at git commit REF (its ``safs_optuna/operators.py``, or a
 file), interleaved with the current ones, so that before and after are measured under the same
 load.
 
+The ``kernels`` section times single kernels on LeNet-5's largest activation tensor, with and
+without PyTorch's own vectorized code (``ATEN_CPU_CAPABILITY=default``), which tells which kernels
+an operator can be cheap with on this machine. The activations section ends with the trees above
+their limits (a unary operator 1.3x relu(x), a binary tree 1.6x).
+
 Writes benchmarks/results/speed.md (``--out``).
 
     python benchmarks/speed.py --threads 1 --repeats 7 [--before REF] [--sections activations]
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import random
 import shlex
@@ -201,7 +207,97 @@ def section_activations(args: argparse.Namespace) -> str:
     )
     if args.before:
         intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
-    return "## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n\n" + KERNEL_STATE_NOTE + "\n"
+    ratios = {label: by[(label, "after")].median_ms / relu["after"] for label in labels}
+    summary = _over_limits(ratios, {t.formula: t.is_unary for t in activation_trees()})
+    return ("## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n\n" + summary + "\n\n"
+            + KERNEL_STATE_NOTE + "\n")
+
+
+# The targets: a unary operator at most 1.3x relu(x), a binary tree of two at most 1.6x.
+UNARY_LIMIT, BINARY_LIMIT = 1.3, 1.6
+
+
+def _over_limits(ratios: dict[str, float], unary: dict[str, bool]) -> str:
+    """One line per kind: the trees above their limit, or that none is."""
+    lines = []
+    for kind, limit, is_kind in (("unary operators", UNARY_LIMIT, True), ("binary trees", BINARY_LIMIT, False)):
+        timed = [f for f in ratios if unary.get(f) is is_kind]
+        over = sorted((f for f in timed if ratios[f] > limit), key=lambda f: -ratios[f])
+        listed = ", ".join(f"`{f}` {ratios[f]:.2f}" for f in over)
+        lines.append(f"- {kind} above {limit}× relu(x): " + (f"{len(over)} of {len(timed)} ({listed})" if over
+                                                              else f"none of {len(timed)}"))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- section: kernels
+
+KERNEL_SHAPE = (BATCH, 6, 28, 28)  # LeNet-5's first activation site, the largest
+KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "x * 1.5 (one arithmetic pass)": lambda x, p: x * 1.5,
+    "relu": lambda x, p: torch.relu(x),
+    "sigmoid": lambda x, p: torch.sigmoid(x),
+    "exp2": lambda x, p: torch.exp2(x),
+    "exp": lambda x, p: torch.exp(x),
+    "log": lambda x, p: torch.log(p),
+    "sin": lambda x, p: torch.sin(x),
+    "cos": lambda x, p: torch.cos(x),
+    "tanh": lambda x, p: torch.tanh(x),
+    "erf": lambda x, p: torch.erf(x),
+}
+_KERNEL_SCRIPT = """
+import json, statistics, sys, time, torch
+sys.path.insert(0, {here!r})
+from speed import KERNELS, KERNEL_SHAPE
+torch.set_num_threads(1)
+x = torch.randn(KERNEL_SHAPE, generator=torch.Generator().manual_seed(0))
+p = x.abs() + 0.5
+out = {{}}
+for name, kernel in KERNELS.items():
+    for _ in range(5):
+        kernel(x, p)
+    rounds = []
+    for _ in range(7):
+        start = time.thread_time()
+        for _ in range(30):
+            kernel(x, p)
+        rounds.append((time.thread_time() - start) / 30)
+    out[name] = 1e6 * statistics.median(rounds)
+print(json.dumps(out))
+"""
+
+
+def _kernel_times(capability: str | None) -> dict[str, float]:
+    """Microseconds per kernel call, in a fresh process (``ATEN_CPU_CAPABILITY`` when given)."""
+    import json
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    code = _KERNEL_SCRIPT.format(here=str(Path(__file__).resolve().parent))
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def section_kernels(args: argparse.Namespace) -> str:
+    """Single kernels on the largest activation tensor, with PyTorch's own vectorized code and
+    without it: a kernel whose time does not change is not PyTorch's vectorized code."""
+    native = _kernel_times(None)
+    scalar = _kernel_times("default")
+    capability = torch.backends.cpu.get_cpu_capability()
+    lines = [f"| kernel | µs ({capability}) | µs (`ATEN_CPU_CAPABILITY=default`) |", "|---|---:|---:|"]
+    lines += [f"| {name} | {native[name]:.0f} | {scalar[name]:.0f} |" for name in KERNELS]
+    intro = (
+        f"One call on a {'x'.join(map(str, KERNEL_SHAPE))} float32 tensor (LeNet-5's largest activation, "
+        f"{math.prod(KERNEL_SHAPE):,} elements), one thread, each in a fresh process; median of 7 rounds of 30 "
+        "calls. The second column disables PyTorch's own vectorized kernels: a kernel whose time stays the "
+        "same did not use them (in this build, float exp, log, sin, cos, tanh and erf go to the math "
+        "library PyTorch was built with). An operator's cost is about its kernels' times added up, "
+        "forward and backward, over the 4 sites; so an operator that needs two of the slow kernels costs "
+        "several arithmetic passes more than relu(x) on this machine, however it is written in eager "
+        "PyTorch. Fusing them into one kernel (a compiler) is what would remove the gap."
+    )
+    return "## Kernels\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
 
 
 # Why the before column can look cheap for the old transcendental kernels.
@@ -303,6 +399,7 @@ def section_scaling(args: argparse.Namespace) -> str:
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "activations": section_activations,
+    "kernels": section_kernels,
     "overhead": section_overhead,
     "scaling": section_scaling,
 }
