@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: their common options, the datasets they find, number formatting."""
+"""What the benchmark scripts share: their common options, the datasets they find, number formatting,
+the device's name and the writing of a table that fills row by row."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import statistics
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +92,24 @@ def fmt(values: list[float | None]) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.2f}"
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def device_name(device: str) -> str:
+    """The GPU's name for a CUDA device, else the CPU and its torch threads."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} torch threads"
+
+
+def emit_table(lines: list[str], rows: Iterable[str], out: str | None) -> None:
+    """Append each row to ``lines`` as it is measured (and print it), then print the whole text and
+    write it to ``out`` when given."""
+    for row in rows:
+        lines.append(row)
+        print(row, flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
@@ -22,6 +21,8 @@ from torch.utils.data import TensorDataset
 import safs_optuna as so
 from safs_optuna.activation import OperatorTree
 from safs_optuna.space import ActivationSpace
+
+from bench_args import device_name, emit_table
 
 MODELS = {  # name: (channels, size, train images, batch size)
     "lenet5": (1, 28, 9000, 64),
@@ -63,20 +64,18 @@ def main() -> None:
     p.add_argument("--tree", default="add(x, sin(x))")
     p.add_argument("--out")
     args = p.parse_args()
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    lines = [f"# Candidate epoch time ({name})", "",
+    lines = [f"# Candidate epoch time ({device_name(args.device)})", "",
              f"`python benchmarks/gpu_epochs.py --device {args.device}`; 99 % layer-wise sparsity, "
              f"`{args.tree}` at every site, Adam, one epoch of training plus validation.", "",
              "| model | input | train images | batch | s per epoch | images/s |", "|---|---|---|---|---|---|"]
-    for m in args.models.split(","):
-        secs, n = epoch_seconds(m, args.device, args.tree)
-        c, s, _, batch = MODELS[m]
-        lines.append(f"| {m} | {c}×{s}×{s} | {n} | {batch} | {secs:.2f} | {n / secs:.0f} |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+
+    def rows():
+        for m in args.models.split(","):
+            secs, n = epoch_seconds(m, args.device, args.tree)
+            c, s, _, batch = MODELS[m]
+            yield f"| {m} | {c}×{s}×{s} | {n} | {batch} | {secs:.2f} | {n / secs:.0f} |"
+
+    emit_table(lines, rows(), args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,8 @@ import safs_optuna as so
 from safs_optuna.activation import OperatorTree
 from safs_optuna.models import set_trees
 from safs_optuna.space import ActivationSpace
+
+from bench_args import device_name, emit_table
 
 CONVS = ("conv1", "conv2")
 LINEARS = ("fc1", "fc2", "fc3")
@@ -201,22 +202,19 @@ def main() -> None:
     diff = check_equivalence(args.device)
     if diff > 1e-4:
         raise SystemExit(f"stacked candidates differ from separate ones by {diff:.2e}; not timing")
-    name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-            else f"CPU, {torch.get_num_threads()} torch threads")
-    lines = [f"# Stacked stage-1 candidates ({name})", "",
+    lines = [f"# Stacked stage-1 candidates ({device_name(args.device)})", "",
              f"`python benchmarks/stacked_candidates.py --device {args.device} --candidates {args.candidates} "
              f"--steps {args.steps} --batch {args.batch}`; LeNet-5 at 0.99 layer-wise, one safs-preset "
              f"operator per candidate, Adam, batch {args.batch}; wall time per training step of all K "
              f"candidates, mean of {args.steps} steps. Stacked and separate agree to {diff:.1e}.", "",
              "| K | one after another ms | stacked ms | stacked / separate |", "|---|---|---|---|"]
-    for k in ks:
-        sep, stk = time_steps(k, args.device, args.steps, args.batch)
-        lines.append(f"| {k} | {1e3 * sep:.2f} | {1e3 * stk:.2f} | {stk / sep:.2f} |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+
+    def rows():
+        for k in ks:
+            sep, stk = time_steps(k, args.device, args.steps, args.batch)
+            yield f"| {k} | {1e3 * sep:.2f} | {1e3 * stk:.2f} | {stk / sep:.2f} |"
+
+    emit_table(lines, rows(), args.out)
 
 
 if __name__ == "__main__":
