@@ -101,8 +101,9 @@ class LAHCSampler(BaseSampler):
 
     The relative search space is the intersection of the finished trials' distributions (before
     any trial finished: the first running trial's, so a second worker moves away from the initial
-    configuration instead of repeating it). Parameters outside it (dynamic ones) keep the current
-    solution's value, else follow the first-trial rule.
+    configuration instead of repeating it; a trial asked before that one has parameters waits for
+    them up to 10 s, and past that draws a random configuration). Parameters outside it (dynamic
+    ones) keep the current solution's value, else follow the first-trial rule.
 
     **Variants.** The above is ``variant="textbook"``. ``variant="paper-code"`` follows the rules
     of the SAFS paper's code (github.com/automl/SAFS at commit ac03fa1: ``optimization_lib.py``
