@@ -5,10 +5,11 @@ masks, the same data, batch order and protocol. So K of them can be one network:
 conv layer become one grouped convolution (``groups=K``), the K copies of a linear layer one
 batched matrix product, and each candidate's activation is applied to its own slice of channels.
 The loss is the sum of the K candidates' losses, so every candidate's gradient is its own, and
-Adam, being elementwise, then updates each candidate exactly as its own optimizer would.
+Adam, being elementwise, then updates each candidate as its own optimizer would (up to the
+rounding of the summed gradients).
 
-Fewer, larger kernels pay where launching a kernel costs more than running it (a GPU and a small
-network); on a CPU the slicing and stacking around the activations cost more than they save.
+Fewer, larger kernels can pay where launching a kernel costs more than running it (a GPU and a
+small network); on a CPU the slicing and stacking around the activations cost more than they save.
 This script measures both ways on a device and writes the table; the pipeline trains one
 candidate per worker process, and would take this up only where it measures faster.
 
