@@ -27,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -147,28 +148,42 @@ def main() -> None:
     jobs = [(dataset, r, s, seed, overrides) for dataset, overrides in found
             for r in sorted(ratios, reverse=True) for s in scopes for seed in bench_args.seeds(args)]
     results, failed = [], []
+    lock = threading.Lock()
 
     def one(job):
         dataset, ratio, scope, seed, overrides = job
         try:
             r = _run(workdir, dataset, ratio, scope, seed, overrides)
-            print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
-                  f"({r['seconds']} s)", flush=True)
-            return r
         except RuntimeError as exc:
-            failed.append(str(exc))
+            with lock:
+                failed.append(str(exc))
             print(exc, flush=True)
-            return None
+            return
+        with lock:
+            results.append(r)
+            # Rewritten after every run, so a sweep stopped part-way leaves the table of what it finished.
+            _write(args, ratios, results, notes + failed, len(jobs))
+        print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
+              f"({r['seconds']} s; {len(results)} of {len(jobs)} runs finished)", flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = [r for r in pool.map(one, jobs) if r is not None]
+        list(pool.map(one, jobs))
+    _write(args, ratios, results, notes + failed, len(jobs))
+    print(f"wrote {args.out}")
 
+
+def _write(args: argparse.Namespace, ratios: list[float], results: list[dict], notes: list[str],
+           planned: int) -> None:
+    """The results file and one plot per dataset, from the runs finished so far."""
     out = Path(args.out)
     lines = ["# Accuracy against sparsity: allocations, ReLU and SAFS", "",
              f"Command: `{bench_args.command('sparsity_sweep.py')}`", "",
              "LeNet-5, `studies/quickstart.toml`'s budgets" + (f" with {', '.join(args.set)}" if args.set else "")
              + ", ablations off; each point one pipeline run per seed, the ReLU column its magnitude-pruning "
              "baseline and the SAFS column its final stage (test accuracy %, mean ± sd).", ""]
+    if len(results) < planned:
+        lines += [f"**Partial: {len(results)} of the {planned} planned runs have finished.** The same command "
+                  "reads the finished runs from its work folder and runs the rest.", ""]
     for dataset in args.datasets.split(","):
         if not any(r["dataset"] == dataset for r in results):
             continue
@@ -178,9 +193,8 @@ def main() -> None:
                   f"![accuracy against sparsity]({svg.name})", ""]
         if (verdict := _best_against_layer(results, dataset, 0.99)) is not None:
             lines += [verdict, ""]
-    lines += [f"- {n}" for n in notes + failed]
+    lines += [f"- {n}" for n in notes]
     out.write_text("\n".join(lines).rstrip() + "\n")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
