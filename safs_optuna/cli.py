@@ -121,18 +121,22 @@ def _check_device(cfg) -> None:
                         EXIT_USAGE)
 
 
-def _pipeline(cfg, worker: int = 0, must_exist: bool = False, log=None):
+def _pipeline(cfg, worker: int = 0, must_exist: bool = False, log=None, same_config: bool = True):
     """The config's pipeline on its storage; ``must_exist`` for commands that only read a study:
-    they never write to the storage, not even a schema into an empty file."""
+    they never write to the storage, not even a schema into an empty file, and (``same_config``)
+    stop when the stored study was made with another config."""
     from .pipeline import Pipeline
     from .storage import NoStudyError, check_storage, redact
 
     check_storage(cfg.storage)  # a damaged database stops here, with one line naming it
     try:
-        return Pipeline(cfg, worker=worker, create=not must_exist, log=log)
+        pipe = Pipeline(cfg, worker=worker, create=not must_exist, log=log)
     except NoStudyError:
         raise UserError(f"no study stored at {redact(cfg.storage)} yet; start it with "
                         f"`safs-optuna run {cfg.path or '<config>'}`") from None
+    if must_exist and same_config:
+        pipe.studies.check_config()
+    return pipe
 
 
 def _results(pipes: Sequence) -> str:
@@ -411,7 +415,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .storage import make_artifact_store, redact
 
     cfg = _config(args)
-    storage = _pipeline(cfg, must_exist=True).storage
+    storage = _pipeline(cfg, must_exist=True, same_config=False).storage  # shows any study
     print(f"optuna-dashboard on {redact(cfg.storage)}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
     optuna_dashboard.run_server(storage, host=args.host, port=args.port,
                                 artifact_store=make_artifact_store(cfg.artifacts))
@@ -459,7 +463,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("config", help="the study config (a TOML file, e.g. studies/quickstart.toml)")
     if overrides:
-        p.add_argument("--storage", help="storage URL instead of the config's (sqlite:///… or postgresql://…)")
+        p.add_argument("--storage", help="storage URL instead of the config's (sqlite:///… or postgresql://…); "
+                       "a relative sqlite path, like every relative path, is taken from the config's folder")
         p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config value, e.g. --set activations.trials=40 (repeatable)")

@@ -66,6 +66,33 @@ def test_status_before_any_run_says_how_to_start(tmp_path, capsys):
     assert not list(tmp_path.glob("*.db"))
 
 
+@pytest.mark.parametrize("command", ["status", "report", "export"])
+def test_reading_a_study_with_another_config_names_the_keys(tmp_path, capsys, command):
+    from safs_optuna.config import load_config
+    from safs_optuna.pipeline import Pipeline
+
+    path = write_config(tmp_path)
+    Pipeline(load_config(path)).prepare_studies()  # stored with scope "layer"
+    # Read with another allocation, it would label the results (and build the model) wrongly.
+    extra = [str(tmp_path / "model.pt2")] if command == "export" else []
+    assert main([command, str(path), *extra, "--set", 'sparsity.scope="lamp"']) == 1
+    err = capsys.readouterr().err
+    assert "sparsity.scope: stored 'layer', config 'lamp'" in err
+    assert "config it was made with" in err and "Traceback" not in err
+    assert not (tmp_path / "model.pt2").exists()
+
+
+def test_status_reads_a_study_with_the_config_it_was_made_with(tmp_path, capsys):
+    from safs_optuna.config import load_config
+    from safs_optuna.pipeline import Pipeline
+
+    path = write_config(tmp_path)
+    Pipeline(load_config(path)).prepare_studies()
+    # A runtime key and a bigger budget do not make another study.
+    assert main(["status", str(path), "--set", "activations.trials=9", "--set", "threads=2"]) == 0
+    assert "activations" in capsys.readouterr().out
+
+
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "safs_optuna.cli", "--version"], capture_output=True,
                          text=True, check=True).stdout

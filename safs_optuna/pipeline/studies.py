@@ -156,9 +156,7 @@ class Studies:
             study = optuna.create_study(direction="maximize", **kwargs)
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(**kwargs)
-            stored = study.user_attrs.get("config")
-            if stored is not None and self._upgraded(stored) != self.fingerprint():
-                raise PipelineError(self._config_diff(self.name(stage.name), self._upgraded(stored)))
+            self._check_stored(study, stage, "Use another name, or delete the database to start over.")
         else:
             # Only the creator queues the first trial: creating a study is atomic in any RDB,
             # so it is queued exactly once however many workers start together.
@@ -173,6 +171,23 @@ class Studies:
                     study.enqueue_trial(params, user_attrs={START_ATTR: True})
         self._studies[stage.name] = study
         return study
+
+    def check_config(self) -> None:
+        """Raise :class:`PipelineError` when the stored studies were made with another config, for
+        commands that only read them: they would label the results, or rebuild the model, wrongly.
+        Every stage's study stores the same config (``run`` checks each), so the first one decides."""
+        for stage in self.stages:
+            try:
+                study = optuna.load_study(study_name=self.name(stage.name), storage=self.storage)
+            except KeyError:
+                continue
+            self._check_stored(study, stage, "Read it with the config it was made with (or --set those keys).")
+            return
+
+    def _check_stored(self, study: optuna.Study, stage: Stage, hint: str) -> None:
+        stored = study.user_attrs.get("config")
+        if stored is not None and self._upgraded(stored) != self.fingerprint():
+            raise PipelineError(f"{self._config_diff(self.name(stage.name), self._upgraded(stored))} {hint}")
 
     def _upgraded(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """``stored`` with the keys added to the config since it was stored, at their defaults:
@@ -190,7 +205,7 @@ class Studies:
             elif a != b:
                 diffs.append(f"{section}: stored {a!r}, config {b!r}")
         return (f"study {name!r} in {redact(self.cfg.storage)} was made with a different config "
-                f"({'; '.join(diffs)}). Use another name, or delete the database to start over.")
+                f"({'; '.join(diffs)}).")
 
     def prepare(self, rearm: bool = True) -> None:
         """Create every stage's study; with ``rearm``, re-queue "once" stages whose only trials
