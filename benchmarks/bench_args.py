@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 from collections.abc import Iterable
@@ -17,7 +18,9 @@ MISSING_FMNIST = "not installed, skipped (apt-get install dataset-fashion-mnist)
 def add_options(p: argparse.ArgumentParser, name: str, datasets: str = "quickstart",
                 set_example: str = "activations.trials=10") -> None:
     """--datasets, --seeds, --jobs, --fashion-mnist-dir, --set, --workdir and --out (named ``name``)."""
-    p.add_argument("--datasets", default=datasets, help="quickstart, fashion_mnist (comma-separated)")
+    p.add_argument("--datasets", default=datasets,
+                   help="comma-separated: quickstart, fashion_mnist, or idx:<folder> (any folder of "
+                        "MNIST-format IDX files, named in the results by the folder's name)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1),
                    help="runs at once (each one process with one torch thread)")
@@ -50,31 +53,40 @@ def workdir(args: argparse.Namespace) -> Path:
 
 
 def datasets(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """(dataset, its config overrides followed by ``--set``'s) per dataset found, and a note per
-    dataset that is not installed."""
+    """(dataset's name, its config overrides followed by ``--set``'s) per dataset found, and a note
+    per dataset that is not installed. Exits naming the valid choices for an unknown one."""
     found, notes = [], []
     for dataset in args.datasets.split(","):
-        overrides = dataset_overrides(dataset, args.fashion_mnist_dir)
+        label, overrides = dataset_overrides(dataset, args.fashion_mnist_dir)
         if overrides is None:
             notes.append(f"{dataset}: {MISSING_FMNIST}")
             print(notes[-1])
             continue
-        found.append((dataset, overrides + args.set))
+        found.append((label, overrides + args.set))
     return found, notes
 
 
-def dataset_overrides(dataset: str, fmnist_dir: str | None) -> list[str] | None:
-    """The config overrides that select ``dataset``; None where Fashion-MNIST is not installed."""
+def dataset_overrides(dataset: str, fmnist_dir: str | None) -> tuple[str, list[str] | None]:
+    """The name a dataset goes by in file names and tables, and the config overrides that select
+    it (None where Fashion-MNIST is not installed)."""
     if dataset == "quickstart":
-        return ['data.name="quickstart"']
+        return dataset, ['data.name="quickstart"']
+    if dataset.startswith("idx:"):
+        folder = Path(dataset[4:]).expanduser().resolve()
+        if not folder.is_dir():
+            sys.exit(f"--datasets {dataset}: {folder} is not a folder")
+        # Run names (and so study names) take letters, digits, "_", "." and "-" only.
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", folder.name), [f'data.name="idx:{folder}"']
+    if dataset != "fashion_mnist":
+        sys.exit(f"--datasets: unknown dataset {dataset!r}; valid: quickstart, fashion_mnist, idx:<folder>")
     if fmnist_dir:
-        return [f'data.name="idx:{fmnist_dir}"']
+        return dataset, [f'data.name="idx:{Path(fmnist_dir).expanduser().resolve()}"']
     sys.path.insert(0, str(ROOT))
     from safs_optuna.data import SYSTEM_FASHION_MNIST_DIRS
 
     if any(Path(d).is_dir() for d in SYSTEM_FASHION_MNIST_DIRS):
-        return ['data.name="fashion_mnist"']
-    return None
+        return dataset, ['data.name="fashion_mnist"']
+    return dataset, None
 
 
 def command(script: str) -> str:

@@ -162,18 +162,18 @@ def main() -> None:
         with lock:
             results.append(r)
             # Rewritten after every run, so a sweep stopped part-way leaves the table of what it finished.
-            _write(args, ratios, results, notes + failed, len(jobs))
+            _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
         print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
               f"({r['seconds']} s; {len(results)} of {len(jobs)} runs finished)", flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, jobs))
-    _write(args, ratios, results, notes + failed, len(jobs))
+    _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
     print(f"wrote {args.out}")
 
 
-def _write(args: argparse.Namespace, ratios: list[float], results: list[dict], notes: list[str],
-           planned: int) -> None:
+def _write(args: argparse.Namespace, labels: list[str], ratios: list[float], results: list[dict],
+           notes: list[str], planned: int) -> None:
     """The results file and one plot per dataset, from the runs finished so far."""
     out = Path(args.out)
     lines = ["# Accuracy against sparsity: allocations, ReLU and SAFS", "",
@@ -184,9 +184,7 @@ def _write(args: argparse.Namespace, ratios: list[float], results: list[dict], n
     if len(results) < planned:
         lines += [f"**Partial: {len(results)} of the {planned} planned runs have finished.** The same command "
                   "reads the finished runs from its work folder and runs the rest.", ""]
-    for dataset in args.datasets.split(","):
-        if not any(r["dataset"] == dataset for r in results):
-            continue
+    for dataset in [d for d in labels if any(r["dataset"] == d for r in results)]:
         svg = out.with_name(f"{out.stem}_{dataset}.svg")
         svg.write_text(_svg(results, dataset, sorted(ratios)))
         lines += [f"## {dataset}", "", *_table(results, dataset, sorted(ratios)), "",
