@@ -89,6 +89,14 @@ def dataset_overrides(dataset: str, fmnist_dir: str | None) -> tuple[str, list[s
     return dataset, None
 
 
+def plot_path(out: str | Path, dataset: str) -> Path:
+    """The plot beside the results file ``out`` for ``dataset``: ``<stem>_<dataset>.svg``, or
+    ``<stem>.svg`` where the stem already ends in the dataset's name."""
+    out = Path(out)
+    stem = out.stem if out.stem.endswith(f"_{dataset}") else f"{out.stem}_{dataset}"
+    return out.with_name(f"{stem}.svg")
+
+
 def command(script: str) -> str:
     """How this run was invoked, for the results file (without ``--jobs``, which changes nothing)."""
     argv = sys.argv[1:]

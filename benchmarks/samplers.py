@@ -181,8 +181,7 @@ def main() -> None:
              ""]
     for dataset in dict.fromkeys(j[1] for j in jobs):
         lines += _table(runs, dataset)
-        stem = out.stem if out.stem.endswith(f"_{dataset}") else f"{out.stem}_{dataset}"
-        svg = out.with_name(f"{stem}.svg")
+        svg = bench_args.plot_path(out, dataset)
         svg.write_text(_svg(runs, dataset))
         lines += [f"![best validation accuracy against candidates, {dataset}]({svg.name})", ""]
     lines += [f"- {n}" for n in notes]

@@ -8,8 +8,8 @@ columns start from the same dense network and the same masks.
 
 It writes ``benchmarks/results/sparsity_sweep.md`` (mean ± sd per point, the gain of SAFS over its
 own baseline, and the best allocation's baseline against ``layer``) and
-``benchmarks/results/sparsity_sweep.svg`` (one line per allocation and activation, error bars of
-one sd). Finished runs are read from their storage, not rerun: the sweep can be stopped and
+``benchmarks/results/sparsity_sweep_<dataset>.svg`` (one line per allocation and activation, error
+bars of one sd). Finished runs are read from their storage, not rerun: the sweep can be stopped and
 resumed, and widened later.
 
     python benchmarks/sparsity_sweep.py --sparsities 0.9,0.95,0.98,0.99,0.995 --seeds 0,1,2 --jobs 2
@@ -185,7 +185,7 @@ def _write(args: argparse.Namespace, labels: list[str], ratios: list[float], res
         lines += [f"**Partial: {len(results)} of the {planned} planned runs have finished.** The same command "
                   "reads the finished runs from its work folder and runs the rest.", ""]
     for dataset in [d for d in labels if any(r["dataset"] == d for r in results)]:
-        svg = out.with_name(f"{out.stem}_{dataset}.svg")
+        svg = bench_args.plot_path(out, dataset)
         svg.write_text(_svg(results, dataset, sorted(ratios)))
         lines += [f"## {dataset}", "", *_table(results, dataset, sorted(ratios)), "",
                   f"![accuracy against sparsity]({svg.name})", ""]
