@@ -98,9 +98,11 @@ def plot_path(out: str | Path, dataset: str) -> Path:
 
 
 def command(script: str) -> str:
-    """How this run was invoked, for the results file (without ``--jobs``, which changes nothing)."""
+    """How this run was invoked, for the results file: without ``--jobs``, which changes nothing,
+    and ``--finished-only``, which only reads the runs the command would make."""
     argv = sys.argv[1:]
-    shown = [a for i, a in enumerate(argv) if a != "--jobs" and (i == 0 or argv[i - 1] != "--jobs")]
+    shown = [a for i, a in enumerate(argv)
+             if a not in ("--jobs", "--finished-only") and (i == 0 or argv[i - 1] != "--jobs")]
     return " ".join([f"python benchmarks/{script}", *shown])
 
 

@@ -9,8 +9,9 @@ columns start from the same dense network and the same masks.
 It writes ``benchmarks/results/sparsity_sweep.md`` (mean ± sd per point, the gain of SAFS over its
 own baseline, and the best allocation's baseline against ``layer``) and
 ``benchmarks/results/sparsity_sweep_<dataset>.svg`` (one line per allocation and activation, error
-bars of one sd). Finished runs are read from their storage, not rerun: the sweep can be stopped and
-resumed, and widened later.
+bars of one sd), rewritten after every finished run. Finished runs are read back, not rerun: the sweep can
+be stopped and resumed, and widened later; ``--finished-only`` writes the table of what has
+finished without starting anything.
 
     python benchmarks/sparsity_sweep.py --sparsities 0.9,0.95,0.98,0.99,0.995 --seeds 0,1,2 --jobs 2
     python benchmarks/sparsity_sweep.py --datasets fashion_mnist --set activations.fraction=0.2
@@ -43,8 +44,12 @@ COLUMNS = {"baseline": "ReLU", "final": "SAFS"}  # stage -> how the table and pl
 COLOURS = {"layer": "#d62728", "global": "#1f77b4", "erk": "#2ca02c", "lamp": "#9467bd"}
 
 
+def _name(dataset: str, ratio: float, scope: str, seed: int) -> str:
+    return f"sweep-{dataset}-{ratio:g}-{scope}-s{seed}"
+
+
 def _run(workdir: Path, dataset: str, ratio: float, scope: str, seed: int, overrides: list[str]) -> dict:
-    name = f"sweep-{dataset}-{ratio:g}-{scope}-s{seed}"
+    name = _name(dataset, ratio, scope, seed)
     db, done = workdir / f"{name}.db", workdir / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -138,6 +143,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sparsities", default="0.9,0.95,0.98,0.99,0.995")
     p.add_argument("--scopes", default=",".join(SCOPES))
+    p.add_argument("--finished-only", action="store_true",
+                   help="write the table and plot from the runs already finished in --workdir; start none")
     bench_args.add_options(p, "sparsity_sweep")
     args = p.parse_args()
     ratios = [float(r) for r in args.sparsities.split(",")]
@@ -166,8 +173,11 @@ def main() -> None:
         print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
               f"({r['seconds']} s; {len(results)} of {len(jobs)} runs finished)", flush=True)
 
+    todo = jobs
+    if args.finished_only:
+        todo = [j for j in jobs if (workdir / f"{_name(*j[:4])}.json").exists()]
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(one, jobs))
+        list(pool.map(one, todo))
     _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
     print(f"wrote {args.out}")
 
