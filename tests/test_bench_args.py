@@ -30,3 +30,13 @@ def test_an_unknown_dataset_stops_before_any_run(dataset, says):
 
 def test_the_quickstart_data_needs_nothing_installed():
     assert bench_args.dataset_overrides("quickstart", None) == ("quickstart", ['data.name="quickstart"'])
+
+
+def test_the_stated_command_leaves_out_what_does_not_change_the_numbers(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["sparsity_sweep.py", "--jobs", "4", "--seeds", "0,1", "--finished-only"])
+    assert bench_args.command("sparsity_sweep.py") == "python benchmarks/sparsity_sweep.py --seeds 0,1"
+
+
+def test_a_results_files_plot_does_not_repeat_the_dataset(tmp_path):
+    assert bench_args.plot_path(tmp_path / "sweep_fashion_mnist.md", "fashion_mnist").name == "sweep_fashion_mnist.svg"
+    assert bench_args.plot_path(tmp_path / "sweep.md", "quickstart").name == "sweep_quickstart.svg"
