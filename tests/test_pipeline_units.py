@@ -230,6 +230,22 @@ def test_found_nothing_names_the_epochs_key_that_sets_the_trials_length(tmp_path
     assert f"try --set {knob}" in pipe.status("hpo").found_nothing
 
 
+@pytest.mark.parametrize("scope, hint", [("layer", True), ("lamp", False)])
+def test_a_search_stuck_at_chance_after_layer_wise_pruning_suggests_another_allocation(tmp_path, scope, hint):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace('scope = "layer"', f'scope = "{scope}"'))
+    pipe = Pipeline(load_config(path), log=lambda msg: None)
+    study = pipe.study("activations")
+    for trial in study.get_trials(deepcopy=False):
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    for i, accs in enumerate([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]]):
+        _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
+    said = pipe.status("activations").found_nothing
+    assert "stayed at chance level" in said
+    assert ('sparsity.scope="lamp"' in said) == hint
+
+
 def test_a_study_stored_before_a_config_key_existed_resumes_at_its_default(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
     pipe.prepare_studies()
