@@ -156,9 +156,11 @@ def main() -> None:
             for r in sorted(ratios, reverse=True) for s in scopes for seed in bench_args.seeds(args)]
     results, failed = [], []
     lock = threading.Lock()
+    start, ran = time.time(), [0]  # runs made (not read back) by this invocation, for the time left
 
     def one(job):
         dataset, ratio, scope, seed, overrides = job
+        cached = (workdir / f"{_name(dataset, ratio, scope, seed)}.json").exists()
         try:
             r = _run(workdir, dataset, ratio, scope, seed, overrides)
         except RuntimeError as exc:
@@ -168,10 +170,14 @@ def main() -> None:
             return
         with lock:
             results.append(r)
+            ran[0] += not cached
             # Rewritten after every run, so a sweep stopped part-way leaves the table of what it finished.
             _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
+            left = len(todo) - len(results) - len(failed)
+            eta = (f", about {left * (time.time() - start) / ran[0] / 60:.0f} min left"
+                   if ran[0] and left else "")
         print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
-              f"({r['seconds']} s; {len(results)} of {len(jobs)} runs finished)", flush=True)
+              f"({r['seconds']} s; {len(results)} of {len(jobs)} runs finished{eta})", flush=True)
 
     todo = jobs
     if args.finished_only:
