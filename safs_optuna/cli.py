@@ -588,6 +588,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nsafs-optuna: interrupted; run the same command again to resume", file=sys.stderr)
         return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # Whoever read the output stopped reading (`status | head`): end quietly, as shell tools
+        # do, with stdout pointed at nothing so that the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as exc:
         # A storage that fails mid-command can surface as another error raised while Optuna
         # handled it (e.g. its trial loop's UnboundLocalError); the storage error is the cause.

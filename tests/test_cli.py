@@ -93,6 +93,19 @@ def test_status_reads_a_study_with_the_config_it_was_made_with(tmp_path, capsys)
     assert "activations" in capsys.readouterr().out
 
 
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    from safs_optuna.config import load_config
+    from safs_optuna.pipeline import Pipeline
+
+    path = write_config(tmp_path)
+    Pipeline(load_config(path)).prepare_studies()
+    # `status | head -1`: the reader is gone before the density table is printed.
+    proc = subprocess.run(f"{sys.executable} -m safs_optuna.cli status {path} | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("tiny")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "safs_optuna.cli", "--version"], capture_output=True,
                          text=True, check=True).stdout
