@@ -39,7 +39,12 @@ from .studies import INPUTS_ATTR, PROGRESS_ATTR, START_ATTR, PipelineError, Stag
 
 __all__ = ["Pipeline", "work_all", "POLL_SECONDS", "AUTO_FLOOR"]
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 0.5
+"""How often a worker with nothing to do looks for work again: the most a stage waits after its
+inputs are done before a waiting worker starts it (a look is a few queries: about 30 ms)."""
+STALE_CHECK_SECONDS = 2.0
+"""How often a waiting worker looks for the trials of dead workers (at most: a quarter of the grace
+period that makes a trial stale, when that is shorter)."""
 AUTO_FLOOR = 2
 """Fewest epochs per candidate that ``epochs = "auto"`` chooses."""
 DUPLICATE_ATTR = "duplicate_of"
@@ -656,6 +661,8 @@ def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
         for stage in pipe.stages:
             pipe.study(stage)
     waited_on: str | None = None
+    checked = 0.0  # when the last look for dead workers' trials was
+    check_every = max(poll, min(STALE_CHECK_SECONDS, pipelines[0].studies.grace_period / 4))
     while True:
         pending: list[str] = []
         progressed = False
@@ -670,12 +677,14 @@ def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
             for pipe in pipelines:
                 pipe.log("all stages done")
             return
-        for pipe in pipelines:
-            pipe.check_stuck([p.rsplit("/", 1)[1] for p in pending if p.rsplit("/", 1)[0] == pipe.cfg.name])
+        if time.monotonic() - checked >= check_every:
+            checked = time.monotonic()
+            for pipe in pipelines:
+                pipe.check_stuck([p.rsplit("/", 1)[1] for p in pending if p.rsplit("/", 1)[0] == pipe.cfg.name])
+            for pipe in pipelines:
+                pipe.fail_stale()
         if waited_on != ",".join(pending):
             waited_on = ",".join(pending)
             pipelines[0].log(f"waiting for other workers on: {waited_on} (a trial whose worker died "
                              f"is retried after {pipelines[0].studies.grace_period}s without heartbeat)")
-        for pipe in pipelines:
-            pipe.fail_stale()
         time.sleep(poll)
