@@ -215,33 +215,31 @@ def test_a_finished_search_says_when_it_found_nothing(cfg, curves, says, capsys)
     assert f"**Warning:** {st.found_nothing}" in note
 
 
+def _stuck_at_chance(cfg, stage: str) -> str | None:
+    """What a finished search ``stage`` whose 3 trials all stayed at chance says."""
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    study = pipe.study(stage)
+    for trial in study.get_trials(deepcopy=False):  # the queued start point: replaced by hand-made ones
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    for i, accs in enumerate([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]]):
+        _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
+    return pipe.status(stage).found_nothing
+
+
 @pytest.mark.parametrize("hpo_epochs, knob", [("1", "hpo.epochs=… (now 1)"), ('"final"', "final.epochs=… (now 1)")])
 def test_found_nothing_names_the_epochs_key_that_sets_the_trials_length(tmp_path, hpo_epochs, knob):
     # Stage-2 trials that train as long as the fine-tune ("final") get longer with final.epochs.
     path = write_config(tmp_path)
     path.write_text(path.read_text().replace("[hpo]\ntrials = 3\nepochs = 1", f"[hpo]\ntrials = 3\nepochs = {hpo_epochs}"))
-    pipe = Pipeline(load_config(path), log=lambda msg: None)
-    study = pipe.study("hpo")
-    for trial in study.get_trials(deepcopy=False):
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    for i, accs in enumerate([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]]):
-        _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
-    assert f"try --set {knob}" in pipe.status("hpo").found_nothing
+    assert f"try --set {knob}" in _stuck_at_chance(load_config(path), "hpo")
 
 
 @pytest.mark.parametrize("scope, hint", [("layer", True), ("lamp", False)])
 def test_a_search_stuck_at_chance_after_layer_wise_pruning_suggests_another_allocation(tmp_path, scope, hint):
     path = write_config(tmp_path)
     path.write_text(path.read_text().replace('scope = "layer"', f'scope = "{scope}"'))
-    pipe = Pipeline(load_config(path), log=lambda msg: None)
-    study = pipe.study("activations")
-    for trial in study.get_trials(deepcopy=False):
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    for i, accs in enumerate([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]]):
-        _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
-    said = pipe.status("activations").found_nothing
+    said = _stuck_at_chance(load_config(path), "activations")
     assert "stayed at chance level" in said
     assert ('sparsity.scope="lamp"' in said) == hint
 
