@@ -32,7 +32,7 @@ def stage_line(name: str, st: Any, elapsed: float | None, width: int = 12) -> st
     done = min(st.finished, st.budget)
     filled = int(_BAR * done / st.budget) if st.budget else 0
     bar = "█" * filled + " " * (_BAR - filled)
-    state = "NOTHING" if st.found_nothing else ("done" if st.done else ("running" if st.running else ""))
+    state = "NOTHING" if st.found_nothing else ("done" if st.done else "")
     best = f"best {st.best_value:.2f}%" if st.best_value is not None else "best —"
     timing = ""
     if elapsed is not None:
@@ -40,8 +40,8 @@ def stage_line(name: str, st: Any, elapsed: float | None, width: int = 12) -> st
         if 0 < done < st.budget:
             timing += f"<{_clock(elapsed / done * (st.budget - done))}"
         timing += "]"
-    running = f" {st.running} running" if st.running else ""
-    return f"{name:<{width}} {bar}| {done:>3}/{st.budget:<3} {best:<12} {timing:<15} {state}{running}".rstrip()
+    state = " ".join(filter(None, (state, f"{st.running} running" if st.running else "")))
+    return f"{name:<{width}} {bar}| {done:>3}/{st.budget:<3} {best:<12} {timing:<15} {state}".rstrip()
 
 
 def render(stages: Sequence[tuple[str, Any, float | None]], header: str = "") -> list[str]:
