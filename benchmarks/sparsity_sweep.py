@@ -174,7 +174,7 @@ def main() -> None:
             # Rewritten after every run, so a sweep stopped part-way leaves the table of what it finished.
             _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
             # Runs not finished yet (a finished one left in the queue is read back in no time).
-            left = sum(not (workdir / f"{_name(*j[:4])}.json").exists() for j in todo)
+            left = sum(not (workdir / f"{_name(*j[:4])}.json").exists() for j in todo) - len(failed)
             eta = (f", about {left * (time.time() - start) / ran[0] / 60:.0f} min left"
                    if ran[0] and left else "")
         print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
