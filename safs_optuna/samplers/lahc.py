@@ -314,8 +314,9 @@ class LAHCSampler(BaseSampler):
         # own trial's (two workers at the same chain position may share the first stream).
         for attempt in range(_CLAIM_TRIES):
             study._storage.set_trial_system_attr(trial._trial_id, _CLAIM_ATTR, proposal)
-            taken = self._taken_keys(_all_trials(study), space, trial.number)
-            if self._key(proposal) not in taken:
+            others = _all_trials(study)
+            taken = self._taken_keys(others, space, trial.number)
+            if self._key(proposal) not in taken and not _matches_partial(others, proposal, space, trial.number):
                 return proposal
             rng = np.random.default_rng([self._seed, chain.position, trial.number, attempt])
             proposal = proposer.propose(rng, taken)
@@ -517,6 +518,21 @@ def _pending_below(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> int:
 def _running_below(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> bool:
     """Whether a trial numbered below ``trial`` is running: it asked for its parameters first."""
     return any(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+
+
+def _matches_partial(trials: Sequence[FrozenTrial], proposal: Mapping[str, Any],
+                     space: Mapping[str, BaseDistribution], number: int) -> bool:
+    """Whether another live trial whose configuration is still partly unknown (it claimed a
+    proposal for fewer parameters, from a first trial that was still being suggested, and takes
+    the rest later) agrees with ``proposal`` on everything it has: it may end up equal to it."""
+    for t in trials:
+        if t.state not in _PENDING or t.number == number:
+            continue
+        known = {**t.system_attrs.get(_CLAIM_ATTR, {}), **t.params}
+        names = [n for n in space if n in known]
+        if names and len(names) < len(space) and all(known[n] == proposal[n] for n in names):
+            return True
+    return False
 
 
 def _anchor(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> FrozenTrial | None:
