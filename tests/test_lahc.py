@@ -671,3 +671,24 @@ def test_lahc_package_stopping_rule() -> None:
     run(flat, 1, lambda t: (suggest(t), 0.0)[1])
     assert flat.sampler.lahc_package_would_stop(flat)
 
+
+
+def test_a_proposal_matching_a_trial_whose_claim_is_still_partial_clashes():
+    # A trial that moved from a first trial still being suggested claims fewer parameters and
+    # takes the rest later: any proposal that agrees with what it has may end up equal to it.
+    from optuna.trial import create_trial
+
+    from safs_optuna.samplers.lahc import _CLAIM_ATTR, _matches_partial
+
+    space = {f"s{i}.left": CategoricalDistribution(["relu", "selu"]) for i in range(4)}
+    claim = {"s0.left": "selu", "s1.left": "relu"}
+    partial = create_trial(state=TrialState.RUNNING, system_attrs={_CLAIM_ATTR: claim})
+    partial.number = 2
+    same = {"s0.left": "selu", "s1.left": "relu", "s2.left": "relu", "s3.left": "relu"}
+    other = {**same, "s1.left": "selu"}
+    assert _matches_partial([partial], same, space, number=8)
+    assert not _matches_partial([partial], other, space, number=8)
+    assert not _matches_partial([partial], same, space, number=2)  # its own claim
+    full = create_trial(state=TrialState.RUNNING, system_attrs={_CLAIM_ATTR: same})
+    full.number = 3
+    assert not _matches_partial([full], same, space, number=8)  # a whole key: the taken keys' job
