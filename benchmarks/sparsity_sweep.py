@@ -48,6 +48,11 @@ def _name(dataset: str, ratio: float, scope: str, seed: int) -> str:
     return f"sweep-{dataset}-{ratio:g}-{scope}-s{seed}"
 
 
+def _finished(workdir: Path, job: tuple) -> bool:
+    """Whether the run of ``job`` (dataset, ratio, scope, seed, …) has its result in ``workdir``."""
+    return (workdir / f"{_name(*job[:4])}.json").exists()
+
+
 def _run(workdir: Path, dataset: str, ratio: float, scope: str, seed: int, overrides: list[str]) -> dict:
     name = _name(dataset, ratio, scope, seed)
     db, done = workdir / f"{name}.db", workdir / f"{name}.json"
@@ -160,7 +165,7 @@ def main() -> None:
 
     def one(job):
         dataset, ratio, scope, seed, overrides = job
-        cached = (workdir / f"{_name(dataset, ratio, scope, seed)}.json").exists()
+        cached = _finished(workdir, job)
         try:
             r = _run(workdir, dataset, ratio, scope, seed, overrides)
         except RuntimeError as exc:
@@ -174,7 +179,7 @@ def main() -> None:
             # Rewritten after every run, so a sweep stopped part-way leaves the table of what it finished.
             _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
             # Runs not finished yet (a finished one left in the queue is read back in no time).
-            left = sum(not (workdir / f"{_name(*j[:4])}.json").exists() for j in todo) - len(failed)
+            left = sum(not _finished(workdir, j) for j in todo) - len(failed)
             eta = (f", about {left * (time.time() - start) / ran[0] / 60:.0f} min left"
                    if ran[0] and left else "")
         print(f"{dataset} {ratio:g} {scope} seed {seed}: ReLU {r['baseline']:.2f}, SAFS {r['final']:.2f} "
@@ -182,7 +187,7 @@ def main() -> None:
 
     todo = jobs
     if args.finished_only:
-        todo = [j for j in jobs if (workdir / f"{_name(*j[:4])}.json").exists()]
+        todo = [j for j in jobs if _finished(workdir, j)]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, todo))
     _write(args, [d for d, _ in found], ratios, results, notes + failed, len(jobs))
