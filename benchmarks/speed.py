@@ -14,6 +14,10 @@ operators as they were at git commit REF (its ``safs_optuna/operators.py``, or a
 file), interleaved with the current ones, so that before and after are measured under the same
 load.
 
+Like a worker, the benchmark sets malloc to keep freed memory for reuse
+(``safs_optuna.allocator``); ``--default-malloc`` leaves it as it is, where the page faults of
+fresh memory make operators with many temporaries dearer.
+
 The ``kernels`` section times single kernels on LeNet-5's largest activation tensor, with and
 without PyTorch's own vectorized code (``ATEN_CPU_CAPABILITY=default``), which tells which kernels
 an operator can be cheap with on this machine. The activations section ends with the trees above
@@ -48,6 +52,7 @@ from torch import nn
 import safs_optuna as so
 from safs_optuna import operators
 from safs_optuna.activation import OperatorTree, TreeActivation
+from safs_optuna.allocator import retain_freed_memory
 from safs_optuna.models import set_trees
 from safs_optuna.space import ActivationSpace
 
@@ -436,11 +441,15 @@ def main() -> None:
     ap.add_argument("--overhead-trials", type=int, default=8, help="candidates timed by the overhead section")
     ap.add_argument("--scaling-trials", type=int, default=12, help="candidates per run of the scaling section")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave the C library's malloc as it is (workers keep freed memory for reuse)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = "default" if args.default_malloc else (
+        "freed memory kept for reuse, as in a worker" if retain_freed_memory() else "default (not glibc)")
 
     command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    parts = [f"# Activation speed\n\nMachine: {machine()}.\n\nCommand: `{command}`\n"]
+    parts = [f"# Activation speed\n\nMachine: {machine()}; malloc: {malloc}.\n\nCommand: `{command}`\n"]
     print(parts[0], flush=True)
     for name in args.sections:
         parts.append(SECTIONS[name](args))

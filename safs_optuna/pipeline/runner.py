@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ..activation import OperatorTree
+from ..allocator import retain_freed_memory
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..config import StudyConfig
 from ..models import build_model, make_searchable, sites
@@ -656,7 +657,12 @@ class Pipeline:
 
 def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
     """Work on every pipeline's stages (e.g. one per seed) until all are done, earliest first;
-    waits while other workers hold the rest."""
+    waits while other workers hold the rest.
+
+    Sets this process's malloc to keep freed tensor memory (:func:`retain_freed_memory`): a
+    trial's training steps then reuse it instead of page-faulting on fresh memory.
+    """
+    retain_freed_memory()
     for pipe in pipelines:
         for stage in pipe.stages:
             pipe.study(stage)
