@@ -729,29 +729,44 @@ def _srs_guard(p: Tensor) -> Tensor:
     return torch.clamp(torch.abs(p), min=_SRS_EPS)
 
 
-def _srs_parts(x: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
-    """y = x / max(x/a + exp(min(-x/b, 60)), eps) for the guarded a, b of the raw parameters
-    ``alpha``, ``beta``, and the tensors its backward needs: (y, e, r, a, b) with
-    e = exp(min(-x/b, 60)) and r = 1 / max(den, eps)."""
-    a, b = _srs_guard(alpha), _srs_guard(beta)
+def _srs_core(x: Tensor, a: Tensor | float, b: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, e, r) of SRS for the guarded parameters a, b (0-dim tensors, or Python floats of the
+    same values): y = x / max(x/a + e, eps), e = exp(min(-x/b, 60)), r = 1 / max(x/a + e, eps)."""
     # den = x/a + e as a division, not a product with a reciprocal: where x/a and e nearly cancel
     # (small a), the rounding of den decides y, so it is kept the textbook one.
     # In place where a buffer is not needed again: every fresh feature-map-sized tensor is a pass
     # over memory, and the backward keeps only y, e and r (the clamps show in e and r).
     e = _exp_(torch.div(x, b).neg_().clamp_max_(_SRS_EXP_CLAMP))
     r = torch.div(x, a).add_(e).clamp_min_(_SRS_EPS).reciprocal_()
-    return x * r, e, r, a, b
+    return x * r, e, r
 
 
-def _srs_guard_slope(p: Tensor) -> Tensor:
-    """d|p|-guard / dp: sign(p) while |p| >= eps (clamp passes its bound), else 0."""
-    return torch.sign(p) * (torch.abs(p) >= _SRS_EPS)
+def _srs_value(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """SRS of the raw parameters, in tensor ops only (what exporters see)."""
+    return _srs_core(x, _srs_guard(alpha), _srs_guard(beta))[0]
 
 
-def _srs_bounds(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """e and r where SRS's clamps hold them, computed as _srs_parts computes them: e >= the first
-    means -x/b reached 60, r >= the second means den fell to eps."""
-    return _exp_(torch.tensor(_SRS_EXP_CLAMP, dtype=dtype)), torch.tensor(_SRS_EPS, dtype=dtype).reciprocal_()
+_SRS_EPS_OF: dict[torch.dtype, float] = {}
+_SRS_BOUNDS: dict[tuple[torch.dtype, str], tuple[float, float]] = {}
+
+
+def _srs_eps(dtype: torch.dtype) -> float:
+    """_SRS_EPS as a value of ``dtype``: the float guards of _SRS then equal _srs_guard's."""
+    if dtype not in _SRS_EPS_OF:
+        _SRS_EPS_OF[dtype] = torch.tensor(_SRS_EPS, dtype=dtype).item()
+    return _SRS_EPS_OF[dtype]
+
+
+def _srs_bounds(t: Tensor) -> tuple[float, float]:
+    """e and r where SRS's clamps hold them, computed as _srs_core computes them for tensors like
+    ``t`` (once per dtype and device type): e >= the first means -x/b reached 60, r >= the second
+    means den fell to eps."""
+    key = (t.dtype, t.device.type)
+    if key not in _SRS_BOUNDS:
+        e = _exp_(torch.tensor(_SRS_EXP_CLAMP, dtype=t.dtype, device=t.device))
+        r = torch.tensor(_SRS_EPS, dtype=t.dtype, device=t.device).reciprocal_()
+        _SRS_BOUNDS[key] = (e.item(), r.item())  # exact: values of the dtype
+    return _SRS_BOUNDS[key]
 
 
 class _SRS(torch.autograd.Function):
@@ -759,33 +774,43 @@ class _SRS(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, beta):
-        y, e, r, a, b = _srs_parts(x, alpha, beta)
-        ctx.save_for_backward(alpha, beta, a, b, y, e, r)
+        # The parameters as Python numbers: the guards and the scalar factors of the backward are
+        # then arithmetic instead of a dozen dispatched ops on 0-dim tensors per call (a fixed
+        # cost that showed on LeNet-5's small fully connected activations).
+        eps = _srs_eps(alpha.dtype)
+        alpha_f, beta_f = alpha.item(), beta.item()
+        a, b = max(abs(alpha_f), eps), max(abs(beta_f), eps)
+        y, e, r = _srs_core(x, a, b)
+        ctx.save_for_backward(y, e, r)
+        # d|p|-guard / dp: sign(p) while |p| >= eps (the clamp passes it), else 0.
+        ctx.scalars = (a, b, math.copysign(1.0, alpha_f) if abs(alpha_f) >= eps else 0.0,
+                       math.copysign(1.0, beta_f) if abs(beta_f) >= eps else 0.0)
         # Which clamps are active anywhere (two reductions): the backward skips the mask passes
         # of inactive ones, which is every call while α, β stay near their initial values.
-        e_bound, r_bound = _srs_bounds(x.dtype)
-        ctx.exp_clamped = bool(e.max() >= e_bound.to(e.device))
-        ctx.den_clamped = bool(r.max() >= r_bound.to(r.device))
+        e_bound, r_bound = _srs_bounds(x)
+        ctx.exp_clamped = bool(e.max() >= e_bound)
+        ctx.den_clamped = bool(r.max() >= r_bound)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        alpha, beta, a, b, y, e, r = ctx.saved_tensors
+        y, e, r = ctx.saved_tensors
+        a, b, slope_alpha, slope_beta = ctx.scalars
         # y = x / D, D = max(den, eps), den = x/a + e, e = exp(min(-x/b, 60)):
         # dy/dx = r (1 - y dD/dx), dD/dx = 1/a - e/b; dy/da = y² / a², dy/db = -y² e / b²,
         # each 0 where a clamp is active (e's part where -x/b >= 60, all of D's where den <= eps).
-        e_bound, r_bound = _srs_bounds(y.dtype)
+        e_bound, r_bound = _srs_bounds(y)
         if ctx.exp_clamped:
-            e = e * (e < e_bound.to(e.device))
+            e = e * (e < e_bound)
         gy = g * y
         if ctx.den_clamped:  # D is the constant eps there: dy/dx = r, and nothing reaches a or b
-            gy.mul_(r < r_bound.to(r.device))
-        galpha = _dot(gy, y) / (a * a) * _srs_guard_slope(alpha)
+            gy.mul_(r < r_bound)
+        galpha = _dot(gy, y) * (slope_alpha / (a * a)) if ctx.needs_input_grad[1] else None
         ge = gy * e
-        gbeta = -_dot(ge, y) / (b * b) * _srs_guard_slope(beta)
+        gbeta = _dot(ge, y) * (-slope_beta / (b * b)) if ctx.needs_input_grad[2] else None
         # r (g - g y dD/dx) = r (g + g y e/b - g y/a), in the buffer of g y e.
-        gx = ge.mul_(torch.reciprocal(b)).addcmul_(gy, -torch.reciprocal(a)).add_(g).mul_(r)
+        gx = ge.mul_(1.0 / b).add_(gy, alpha=-1.0 / a).add_(g).mul_(r)
         return gx, galpha, gbeta
 
 
@@ -803,7 +828,7 @@ class SRS(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return _custom(_SRS, lambda *a: _srs_parts(*a)[0], x, self.alpha, self.beta)
+        return _custom(_SRS, _srs_value, x, self.alpha, self.beta)
 
 
 def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
