@@ -52,5 +52,5 @@ def retain_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success. The mmap threshold goes first: setting it fixes both
     # thresholds (no more dynamic adjustment), and the trim threshold then overrides its default.
-    _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done

@@ -24,9 +24,9 @@ Speed: an activation runs over every element of a feature map, forward and backw
 each extra elementwise pass shows in the train step (``benchmarks/speed.py``). The operators
 are therefore written with the cheap kernels of eager PyTorch: exp2 (for exp, where it is the
 faster kernel), log, sigmoid and arithmetic instead of expm1, log1p, tanh, softplus, sinh, asinh
-and torch.where (5-20x slower per element on CPU); clamps are ``F.hardtanh``, whose backward is one fused kernel where ``torch.clamp``'s
-builds masks; and operators whose autograd graph has many nodes are ``torch.autograd.Function``
-with an analytic backward. They compute the same functions as the textbook formulas up to float32
+and torch.where (5-20x slower per element on CPU); clamps are ``F.hardtanh``, whose backward is
+one fused kernel where ``torch.clamp``'s builds masks; and operators whose autograd graph has
+many nodes are ``torch.autograd.Function`` with an analytic backward. They compute the same functions as the textbook formulas up to float32
 rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x);
 relative differences below 1e-6 where exp is computed as exp2).
 At the exact bound of a saturating clamp the gradient is 0 (hardtanh) rather than the inner

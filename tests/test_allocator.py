@@ -52,7 +52,8 @@ def _where(mode: str) -> tuple[int, int]:
     return mapped, kept
 
 
-@pytest.mark.skipif(not (_glibc() and hasattr(ctypes.CDLL(None), "mallinfo2")), reason="mallinfo2 is glibc >= 2.33")
+@pytest.mark.skipif(not (_glibc() and hasattr(ctypes.CDLL(None), "mallinfo2")),
+                    reason="mallinfo2 is glibc >= 2.33")
 def test_a_worker_keeps_freed_tensor_memory_in_its_heap() -> None:
     # glibc's defaults: fresh mmapped pages for the tensor, handed back when it is freed (the
     # page faults of every training step). Kept: from the heap, and still there once freed.
