@@ -272,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 set_threads(threads)
                 work_all(pipes)
             else:
-                _spawn_workers(args, threads, pipes, logfile)
+                _run_workers(args, threads, pipes, logfile)
     finally:
         if logfile is not None:
             logfile.close()
@@ -281,23 +281,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spawn_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) -> None:
+def _run_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) -> None:
+    """Work as worker 1 in this process, with workers 2..N in their own processes.
+
+    This process has the study open already, so it starts the first stage while the others are
+    still importing torch; they lend it their threads until there is work for them too.
+    """
+    from .pipeline import set_threads, work_all
+
     base = [sys.executable, "-m", "safs_optuna.cli", "worker", str(args.config), "--threads", str(threads)]
-    procs = [subprocess.Popen(base + ["--worker-id", str(i + 1)] + _override_args(args),
-                              stdout=logfile, stderr=logfile)
-             for i in range(args.workers)]
+    procs = {i: subprocess.Popen(base + ["--worker-id", str(i)] + _override_args(args),
+                                 stdout=logfile, stderr=logfile)
+             for i in range(2, args.workers + 1)}
+    own_error: Exception | None = None
     try:
-        codes = [p.wait() for p in procs]
+        for pipe in pipes:
+            pipe.worker = 1
+        set_threads(threads)
+        work_all(pipes)
     except KeyboardInterrupt:
-        # The workers got the same Ctrl-C (one process group); give them time to mark their trials.
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_workers(procs.values())
         raise
-    failed = [i + 1 for i, c in enumerate(codes) if c != 0]
-    if len(failed) == len(procs):
+    except Exception as exc:  # the other workers go on with the study
+        own_error = exc
+        line = _failure_line(args, exc)
+        if line is not None:  # as a worker process says it; an unexpected error is raised below
+            print(f"safs-optuna: {line}", file=logfile or sys.stderr, flush=True)
+    try:
+        codes = {i: p.wait() for i, p in procs.items()}
+    except KeyboardInterrupt:
+        _stop_workers(procs.values())
+        raise
+    failed = [i for i, c in codes.items() if c != 0]
+    if own_error is not None:
+        failed.insert(0, 1)
+    if own_error is not None and _failure_line(args, own_error) is None:
+        raise own_error
+    if len(failed) == args.workers:
         where = f"see {logfile.name}" if logfile else "see above"
         raise UserError(f"every worker stopped with an error ({where}); fix the cause and run the same "
                         "command again to resume")
@@ -311,6 +331,15 @@ def _spawn_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) 
         where = f"see {logfile.name}" if logfile else "see above"
         raise UserError(f"worker(s) {', '.join(map(str, failed))} stopped with an error ({where}) "
                         f"and {', '.join(pending)} did not finish; run the same command again to resume")
+
+
+def _stop_workers(procs) -> None:
+    """After Ctrl-C: the workers got it too (one process group); give them time to mark their trials."""
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -569,22 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from .checkpoint import CheckpointError
-    from .data import DatasetFormatError, DatasetNotFoundError
-    from .pipeline import PipelineError
-    from .storage import StorageError
-
-    import optuna.exceptions  # loaded with .storage already
-    import sqlalchemy.exc
-
     try:
         return args.func(args)
     except UserError as exc:
         print(f"safs-optuna: {_one_line(exc)}", file=sys.stderr)
         return exc.code
-    except (PipelineError, StorageError, DatasetNotFoundError, DatasetFormatError, CheckpointError) as exc:
-        print(f"safs-optuna: {_one_line(exc)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\nsafs-optuna: interrupted; run the same command again to resume", file=sys.stderr)
         return 128 + signal.SIGINT
@@ -594,13 +612,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception as exc:
-        # A storage that fails mid-command can surface as another error raised while Optuna
-        # handled it (e.g. its trial loop's UnboundLocalError); the storage error is the cause.
-        failure = _chain_find(exc, (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError))
-        if failure is None:
+        line = _failure_line(args, exc)
+        if line is None:
             raise
-        print(f"safs-optuna: {_storage_failure(args, failure)}", file=sys.stderr)
+        print(f"safs-optuna: {line}", file=sys.stderr)
         return 1
+
+
+def _failure_line(args: argparse.Namespace, exc: Exception) -> str | None:
+    """The one line that says what stopped a command; None for an error nobody expects (a bug:
+    its traceback is what helps)."""
+    from .checkpoint import CheckpointError
+    from .data import DatasetFormatError, DatasetNotFoundError
+    from .pipeline import PipelineError
+    from .storage import StorageError
+
+    import optuna.exceptions  # loaded with .storage already
+    import sqlalchemy.exc
+
+    if isinstance(exc, (UserError, PipelineError, StorageError, DatasetNotFoundError, DatasetFormatError,
+                        CheckpointError)):
+        return _one_line(exc)
+    # A storage that fails mid-command can surface as another error raised while Optuna
+    # handled it (e.g. its trial loop's UnboundLocalError); the storage error is the cause.
+    failure = _chain_find(exc, (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError))
+    return None if failure is None else _storage_failure(args, failure)
 
 
 if __name__ == "__main__":

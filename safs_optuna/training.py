@@ -370,6 +370,7 @@ def fit(
     progress: bool | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     until: Callable[[Sequence[EpochStats]], bool] | None = None,
+    on_batch: Callable[[], object] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``splits.train``, score each epoch on ``splits.val``, keep the best.
 
@@ -396,6 +397,8 @@ def fit(
         on_epoch: Called with each epoch's :class:`EpochStats` (e.g. for progress lines).
         until: Called after each epoch with the epochs so far; training stops early when it
             returns True (``epochs`` is then a ceiling).
+        on_batch: Called after each optimizer step, in the training thread (e.g. to change the
+            number of torch threads while training).
 
     Returns:
         The best validation accuracy (percent), its epoch (from 0) and the per-epoch history.
@@ -424,7 +427,7 @@ def fit(
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        return _fit(model, splits, hparams, int(epochs), trial, device, seed, progress, on_epoch, until)
+        return _fit(model, splits, hparams, int(epochs), trial, device, seed, progress, on_epoch, until, on_batch)
 
 
 def _fit(
@@ -438,6 +441,7 @@ def _fit(
     progress: bool | None,
     on_epoch: Callable[[EpochStats], None] | None,
     until: Callable[[Sequence[EpochStats]], bool] | None = None,
+    on_batch: Callable[[], object] | None = None,
 ) -> FitResult:
     x_train, y_train = splits.train.tensors[0], splits.train.tensors[1]
     n = len(x_train)
@@ -509,6 +513,8 @@ def _fit(
                 optimizer.step()
                 if scheduler is not None and hp.schedule != "plateau":
                     scheduler.step()
+                if on_batch is not None:
+                    on_batch()
                 if bar is not None:
                     bar.update(1)
             train_loss = loss_sum / seen

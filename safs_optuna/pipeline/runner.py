@@ -33,6 +33,7 @@ from ..samplers.seeded import PositionSeededSampler, position_seed
 from ..sparsity import cubic_sparsity, sparsity_report
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY
 from ..training import DivergedError, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
+from .cores import CorePool
 from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
 from .resources import Resources
 from .stages import COLUMN_STAGES, Stage, stage as stage_of
@@ -124,6 +125,7 @@ class Pipeline:
                                create=create)
         self.res = Resources(cfg, lambda name: self.status(name).best_trial)
         self._announced: set[str] = set()
+        self.cores: CorePool | None = None  # set by work_all: threads lent by idle workers
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -295,6 +297,7 @@ class Pipeline:
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             self.log(f"{stage.name}: started (trial {trial.number})")
+            self._working()
             start = time.time()
             body = {"dense": self._train_dense, "sparsify": self._sparsify, "finetune": self._finetune}[stage.body]
             with _Heartbeat(self.storage, trial._trial_id):
@@ -362,7 +365,17 @@ class Pipeline:
             self.log(f"{label} epoch {stats.epoch + 1}/{epochs} loss {stats.train_loss:.3f} "
                      f"val {stats.val_accuracy:.2f}% ({stats.seconds:.1f}s)")
         return fit(model, splits, hp, epochs, trial=trial, device=self.cfg.device, seed=self.cfg.seed,
-                   progress=False, on_epoch=on_epoch, until=until)
+                   progress=False, on_epoch=on_epoch, until=until, on_batch=self._working_on)
+
+    def _working(self) -> None:
+        """A trial starts here: take back this worker's lent threads, borrow idle workers'."""
+        if self.cores is not None:
+            self.cores.refresh(force=True)
+
+    def _working_on(self) -> None:
+        """Between training steps: follow the lent threads (a clock read but every 0.25 s)."""
+        if self.cores is not None:
+            self.cores.refresh()
 
     def _record(self, trial: optuna.Trial, model: nn.Module, extra: Mapping[str, Any] | None = None) -> None:
         formulas = {site: model.get_submodule(site).tree.formula for site in sites(model)}
@@ -484,7 +497,8 @@ class Pipeline:
                      f"{stats.train_loss:.3f} val {stats.val_accuracy:.2f}% ({stats.seconds:.1f}s)")
         try:
             result = fit(model, self.splits, hp, 1, device=self.cfg.device,
-                         seed=position_seed(self.cfg.seed, epoch), progress=False, on_epoch=on_epoch)
+                         seed=position_seed(self.cfg.seed, epoch), progress=False, on_epoch=on_epoch,
+                         on_batch=self._working_on)
         except DivergedError as exc:
             raise PipelineError(f"{stage.name}: fine-tuning diverged in epoch {epoch + 1} ({exc})") from exc
         return result.history[-1]
@@ -502,6 +516,7 @@ class Pipeline:
 
     def _search(self, stage: Stage, trial: optuna.Trial) -> float:
         """One search trial: draw what the stage searches, fine-tune briefly, score on val."""
+        self._working()
         if stage.searches == "trees":
             model = self.res.fresh({})  # the sparse model already holds the network's own activations
             trees = self.space.suggest(trial, sites(model))
@@ -660,12 +675,27 @@ def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
     waits while other workers hold the rest.
 
     Sets this process's malloc to keep freed tensor memory (:func:`retain_freed_memory`): a
-    trial's training steps then reuse it instead of page-faulting on fresh memory.
+    trial's training steps then reuse it instead of page-faulting on fresh memory. While it waits,
+    its torch threads are lent to the workers of the same studies on this machine that have work
+    (:class:`~safs_optuna.pipeline.cores.CorePool`); while it works, it borrows theirs.
     """
     retain_freed_memory()
     for pipe in pipelines:
         for stage in pipe.stages:
             pipe.study(stage)
+    key = "\n".join(sorted(f"{p.cfg.storage}\t{p.cfg.name}" for p in pipelines))
+    cores = CorePool(key, torch.get_num_threads())
+    for pipe in pipelines:
+        pipe.cores = cores
+    try:
+        _work_all(pipelines, poll, cores)
+    finally:
+        cores.close()
+        for pipe in pipelines:
+            pipe.cores = None
+
+
+def _work_all(pipelines: Sequence[Pipeline], poll: float, cores: CorePool) -> None:
     waited_on: str | None = None
     checked = 0.0  # when the last look for dead workers' trials was
     check_every = max(poll, min(STALE_CHECK_SECONDS, pipelines[0].studies.grace_period / 4))
@@ -683,6 +713,7 @@ def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
             for pipe in pipelines:
                 pipe.log("all stages done")
             return
+        cores.idle()
         if time.monotonic() - checked >= check_every:
             checked = time.monotonic()
             for pipe in pipelines:
