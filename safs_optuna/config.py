@@ -9,6 +9,7 @@ except ``name``, and a missing key takes the default of the matching dataclass b
     seed = 0
     device = "cpu"             # cpu, cuda, cuda:N or mps (syntax is checked, not availability)
     threads = 0                # torch threads per worker; 0 = the cores split between workers
+    lend_threads = true        # a waiting worker lends its threads to working ones on this machine
     ablations = true           # also run the paper's "stage 1 alone" / "stage 2 alone" columns
 
     [model]        name
@@ -332,6 +333,7 @@ class StudyConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0
+    lend_threads: bool = True
     ablations: bool = True
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -364,7 +366,7 @@ _SECTIONS: dict[str, type] = {
     "hpo": HPOConfig,
     "final": FinalConfig,
 }
-_TOP_LEVEL = ("name", "storage", "artifacts", "seed", "device", "threads", "ablations")
+_TOP_LEVEL = ("name", "storage", "artifacts", "seed", "device", "threads", "lend_threads", "ablations")
 
 
 class ConfigError(ValueError):
@@ -600,7 +602,7 @@ def _parse(
     hints = _hints(StudyConfig)
     top = {
         k: _convert(hints[k], data[k], k, ctx)
-        for k in ("seed", "device", "threads", "ablations")
+        for k in ("seed", "device", "threads", "lend_threads", "ablations")
         if k in data
     }
     if not 0 <= top.get("seed", 0) < _SEED_LIMIT:

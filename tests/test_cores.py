@@ -134,3 +134,31 @@ def test_a_disabled_pool_keeps_its_own_threads(tmp_path, other_process):
     pool.idle()
     assert pool.refresh(force=True) == 1
     assert [p.name for p in pool.dir.iterdir()] == [f"{other_process}.2.idle"]
+
+
+class _DonePipeline:
+    """A pipeline whose stages are all done: work_all sets up the pool and returns."""
+
+    def __init__(self, lend: bool) -> None:
+        self.cfg = type("Cfg", (), {"storage": "sqlite:///x.db", "name": "x", "lend_threads": lend})()
+        self.stages: list = []
+        self.studies = type("Studies", (), {"grace_period": 20})()
+        self.cores = None
+        self.seen = None
+
+    def step(self):
+        self.seen = self.cores
+        return [], False
+
+    def log(self, msg: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("lend", [True, False])
+def test_work_all_lends_threads_unless_the_config_says_not(lend):
+    from safs_optuna.pipeline import work_all
+
+    pipe = _DonePipeline(lend)
+    work_all([pipe])
+    assert pipe.seen is not None and pipe.seen.enabled is lend
+    assert pipe.cores is None  # left the pool on the way out

@@ -684,7 +684,7 @@ def work_all(pipelines: Sequence[Pipeline], poll: float = POLL_SECONDS) -> None:
         for stage in pipe.stages:
             pipe.study(stage)
     key = "\n".join(sorted(f"{p.cfg.storage}\t{p.cfg.name}" for p in pipelines))
-    cores = CorePool(key, torch.get_num_threads())
+    cores = CorePool(key, torch.get_num_threads(), enabled=all(p.cfg.lend_threads for p in pipelines))
     for pipe in pipelines:
         pipe.cores = cores
     try:

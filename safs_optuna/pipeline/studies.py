@@ -32,7 +32,7 @@ __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REQUEUE_ATTR = "requeued_after"  # user attr of a "once" trial queued again: the failed trial's number
 # What may change between runs of one study without invalidating what is stored.
-RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "path")
+RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path")
 START_ATTR = "start"  # user attr of a search stage's start trial
 INPUTS_ATTR = "inputs"  # user attr: the upstream winners a trial ran with, {stage: trial number}
 FIDELITY_ATTR = "epochs"  # study user attr: epochs per trial of a search stage, once known
