@@ -228,6 +228,57 @@ def test_killed_worker_is_replaced_by_the_other(tmp_path):
     assert len(finished) >= 6
 
 
+def test_ctrl_c_on_a_terminal_stops_every_worker_in_one_line_and_the_run_resumes(tmp_path):
+    """run --workers 2 on a terminal (a pty): Ctrl-C reaches the foreground process group; the
+    terminal shows the live view and one line, Optuna's traceback goes to the log file."""
+    import pty
+    import select
+
+    path = _slower_search(write_config(tmp_path, trials=6))
+    cfg = load_config(path)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session of its own with the pty as its terminal
+        os.execve(sys.executable, [sys.executable, "-m", "safs_optuna.cli", "run", str(path), "--workers", "2"], ENV)
+    out = bytearray()
+
+    def read(seconds: float) -> None:
+        r, _, _ = select.select([fd], [], [], seconds)
+        if r:
+            try:
+                out.extend(os.read(fd, 65536))
+            except OSError:  # the terminal closed: the run ended
+                pass
+
+    def both_searching() -> bool:  # this process's worker too: Optuna logs its trial's failure
+        try:
+            return sum(t.state.name == "RUNNING" for t in _trials(cfg, "activations")) == 2
+        except KeyError:
+            return False
+
+    deadline = time.time() + 300
+    while time.time() < deadline and not both_searching():
+        read(0.1)
+    os.killpg(os.getpgid(pid), signal.SIGINT)  # what the terminal's Ctrl-C does
+    deadline = time.time() + 60
+    while time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        read(0.1)
+    for _ in range(20):
+        read(0.05)
+    text = out.decode(errors="replace")
+    assert "interrupted; run the same command again to resume" in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"worker {path}"], capture_output=True, text=True).stdout
+    assert not left, "a worker outlived the interrupted run"
+    log = (tmp_path / "tiny.log").read_text()
+    assert "KeyboardInterrupt" in log  # Optuna's lines about the stopped trials went here
+    resumed = _cli("run", str(path), "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finished = [t for t in _trials(cfg, "activations") if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6
+    assert sum(t.state.name == "COMPLETE" for t in _trials(cfg, "final")) == 1
+
+
 def _auto(path: Path) -> Path:
     """The tiny config with "auto" candidate epochs (ceiling: 3-epoch fine-tunes)."""
     text = path.read_text()
