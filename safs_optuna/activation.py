@@ -239,6 +239,20 @@ class _Parser:
         return OperatorTree(name, first, second)
 
 
+def _scaled(scale: nn.Parameter, x: Tensor) -> Tensor:
+    """scale · x; just x where the scale is frozen at exactly 1 on the CPU (every stage-1 candidate).
+
+    The product and its backward are two full passes over the activation, a third of ``relu(x)``'s
+    cost in a LeNet-5 train step. The check reads the value on every call (a CPU read, no device
+    sync), so a frozen scale that is changed later is used from then on. On other devices, and
+    when tracing or compiling, the product stays.
+    """
+    if (scale.requires_grad or scale.device.type != "cpu" or torch.jit.is_tracing()
+            or torch.compiler.is_compiling() or scale.item() != 1.0):
+        return scale * x
+    return x
+
+
 class TreeActivation(nn.Module):
     """An activation module computing ``β · tree(α · x)`` for an :class:`OperatorTree`.
 
@@ -289,11 +303,11 @@ class TreeActivation(nn.Module):
         self.beta.requires_grad_(bool(value))
 
     def forward(self, x: Tensor) -> Tensor:
-        u = self.alpha * x
+        u = _scaled(self.alpha, x)
         a = self.left_op(u)
         if self.binary_op is None or self.right_op is None:
-            return self.beta * a
-        return self.beta * self.binary_op(a, self.right_op(u))
+            return _scaled(self.beta, a)
+        return _scaled(self.beta, self.binary_op(a, self.right_op(u)))
 
     def extra_repr(self) -> str:
         return f"formula={self.tree.formula!r}, learn_scale={self.learn_scale}"

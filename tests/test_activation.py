@@ -270,6 +270,29 @@ def test_forward_is_beta_tree_of_alpha_x() -> None:
         torch.testing.assert_close(act(x), -3.0 * (torch.sin(2 * x) + (2 * x) ** 3))
 
 
+def test_a_scale_frozen_at_one_costs_nothing_and_a_changed_one_is_used() -> None:
+    x = torch.linspace(-2, 2, 9)
+    act = TreeActivation(OperatorTree.unary("x"))
+    assert act(x) is x  # alpha = beta = 1, frozen: no products (and no pass over the tensor)
+    g = torch.linspace(-2, 2, 9).requires_grad_()
+    act(g).sum().backward()
+    torch.testing.assert_close(g.grad, torch.ones(9))
+    with torch.no_grad():  # a frozen scale set to another value is used from the next call on
+        act.alpha.fill_(2.0)
+    torch.testing.assert_close(act(x), 2 * x)
+    with torch.no_grad():
+        act.alpha.fill_(1.0)
+        act.beta.fill_(-0.5)
+    torch.testing.assert_close(act(x), -0.5 * x)
+    act.beta.data.fill_(1.0)  # even through .data, which bypasses autograd's version counter
+    assert act(x) is x
+    act.learn_scale = True  # a learned scale always multiplies, and gets its gradient
+    y = act(x)
+    assert y is not x
+    y.sum().backward()
+    assert act.alpha.grad is not None and act.beta.grad is not None
+
+
 def test_learnable_operators_train_through_the_activation() -> None:
     act = TreeActivation(OperatorTree("mix", "acon", "tanhsoft1"))
     act(torch.linspace(-2, 2, 9)).square().sum().backward()
