@@ -42,6 +42,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _idle_name(pid: int, threads: int) -> str:
+    """The marker of a worker that offers its threads."""
+    return f"{pid}.{threads}.{_IDLE}"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: only checks that the process exists
@@ -73,6 +78,7 @@ class CorePool:
         self._idle = False
         self._next_look = 0.0
         self._current = self.threads
+        self._cores = usable_cores()  # the affinity a worker starts with; it does not change
 
     # ----------------------------------------------------------------- a waiting worker
     def idle(self) -> None:
@@ -82,7 +88,7 @@ class CorePool:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / f"{self.pid}.{self.threads}.{_IDLE}").touch()
+            (self.dir / _idle_name(self.pid, self.threads)).touch()
         except OSError:
             return  # no writable temp dir: nothing is lent, nothing breaks
         self._idle = True
@@ -119,7 +125,7 @@ class CorePool:
         for pid in list(self._claimed):
             if not (self.dir / self._lent_name(pid, self._claimed[pid])).exists() or not _alive(pid):
                 del self._claimed[pid]
-        room = usable_cores() - self.threads - sum(self._claimed.values())
+        room = self._cores - self.threads - sum(self._claimed.values())
         for path in self._scan() if room > 0 else []:
             pid, threads, state = self._parse(path)
             if pid is None or pid == self.pid:
@@ -130,7 +136,7 @@ class CorePool:
             if state.startswith(_LENT):
                 borrower = int(state[len(_LENT):]) if state[len(_LENT):].isdigit() else -1
                 if borrower != self.pid and not _alive(borrower):  # a dead borrower's claim
-                    self._rename(path, self.dir / f"{pid}.{threads}.{_IDLE}")
+                    self._rename(path, self.dir / _idle_name(pid, threads))
                 continue
             if threads <= room and self._rename(path, self.dir / self._lent_name(pid, threads)):
                 self._claimed[pid] = threads
@@ -141,7 +147,7 @@ class CorePool:
     def release(self) -> None:
         """Give claimed threads back to their lenders (this worker stops working)."""
         for pid, threads in self._claimed.items():
-            self._rename(self.dir / self._lent_name(pid, threads), self.dir / f"{pid}.{threads}.{_IDLE}")
+            self._rename(self.dir / self._lent_name(pid, threads), self.dir / _idle_name(pid, threads))
         self._claimed.clear()
         self._set(self.threads)
 
