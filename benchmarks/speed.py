@@ -8,11 +8,15 @@ backward, Adam step. The plain dense torch LeNet-5 with ``nn.ReLU`` is a referen
 The machine is shared and noisy, so a step is timed in CPU time of the benchmark thread
 (``time.thread_time``; with one torch thread the whole step, backward included, runs on it), which
 does not count the time spent waiting for a shared core, and candidates are interleaved: every
-round times every candidate once (in a fresh random order), and a candidate's number is the
-median over rounds of its mean step time in that round. ``--before REF`` also times the
-operators as they were at git commit REF (its ``safs_optuna/operators.py``, or an operators
-file), interleaved with the current ones, so that before and after are measured under the same
-load.
+round times every candidate once (in a fresh random order), and a candidate's ms/step is the
+median over rounds of its mean step time in that round. Even so the speed of the machine drifts
+(all candidates together, by up to a third between rounds of a minute), so a ratio is measured
+locally: every candidate's block of steps lies between two blocks of a separate ``relu(x)``
+model, its ratio in a round is its step time over the mean of those two, and the table gives the
+median over rounds (the relu(x) rows, timed the same way, show what is left of the noise).
+``--before REF`` also times the operators as they were at git commit REF (its
+``safs_optuna/operators.py``, or an operators file), interleaved with the current ones, so that
+before and after are measured under the same load.
 
 Like a worker, the benchmark sets malloc to keep freed memory for reuse
 (``safs_optuna.allocator``); ``--default-malloc`` leaves it as it is, where the page faults of
@@ -77,6 +81,7 @@ class Candidate:
     model: nn.Module
     optimizer: torch.optim.Optimizer = field(init=False)
     times: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -85,6 +90,16 @@ class Candidate:
     @property
     def median_ms(self) -> float:
         return 1e3 * statistics.median(self.times)
+
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of the step time over the reference's beside it."""
+        return statistics.median(self.ratios)
+
+    @property
+    def ratio_quartiles(self) -> tuple[float, float]:
+        q1, _, q3 = statistics.quantiles(self.ratios, n=4) if len(self.ratios) > 1 else [self.ratio] * 3
+        return q1, q3
 
 
 def train_step(c: Candidate, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -95,25 +110,42 @@ def train_step(c: Candidate, x: torch.Tensor, y: torch.Tensor) -> None:
     c.optimizer.step()
 
 
-def time_rounds(cands: list[Candidate], repeats: int, steps: int, warmup: int, seed: int) -> None:
-    """Append to every candidate's ``times`` its mean step time in each of ``repeats`` rounds."""
+def time_rounds(cands: list[Candidate], repeats: int, steps: int, warmup: int, seed: int,
+                reference: Candidate | None = None) -> None:
+    """Append to every candidate's ``times`` its mean step time in each of ``repeats`` rounds.
+
+    With a ``reference``, every candidate's block of steps lies between two blocks of the
+    reference, and each round also appends to its ``ratios`` its step time over the mean of those
+    two: the drift of the machine's speed cancels in the ratio.
+    """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(BATCH, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (BATCH,), generator=gen)
     order = list(cands)
     rng = random.Random(seed)
-    for c in cands:  # first touch: allocations, lazy init of Adam state
+
+    def block(c: Candidate) -> float:
+        for _ in range(warmup):
+            train_step(c, x, y)
+        start = time.thread_time()
+        for _ in range(steps):
+            train_step(c, x, y)
+        seconds = (time.thread_time() - start) / steps
+        c.times.append(seconds)
+        return seconds
+
+    for c in cands + ([reference] if reference else []):  # first touch: allocations, Adam state
         for _ in range(warmup):
             train_step(c, x, y)
     for r in range(repeats):
         rng.shuffle(order)
+        beside = block(reference) if reference else 0.0
         for c in order:
-            for _ in range(warmup):
-                train_step(c, x, y)
-            start = time.thread_time()
-            for _ in range(steps):
-                train_step(c, x, y)
-            c.times.append((time.thread_time() - start) / steps)
+            seconds = block(c)
+            if reference:
+                after = block(reference)
+                c.ratios.append(seconds / ((beside + after) / 2))
+                beside = after
         print(f"  round {r + 1}/{repeats} done", file=sys.stderr)
 
 
@@ -186,34 +218,35 @@ def section_activations(args: argparse.Namespace) -> str:
             set_trees(model, {site: tree for site in so.sites(model)})
             use_operators(model, registry)
             cands.append(Candidate(tree.formula, version, model))
+    reference = copy.deepcopy(base)
+    set_trees(reference, {site: OperatorTree.unary("relu") for site in so.sites(reference)})
+    beside = Candidate("relu(x), timed beside every candidate", "reference", reference)
     print(f"activations: {len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
-    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed)
+    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside)
 
     by = {(c.label, c.group): c for c in cands}
-    relu = {v: by[("relu(x)", v)].median_ms for v in versions}
     labels = list(dict.fromkeys(c.label for c in cands if c.group != "reference"))
     header = "| activation |" + "".join(f" {v} ms/step | {v} ratio |" for v in versions)
     lines = [header, "|---|" + "---:|---:|" * len(versions)]
-    ref = by[("dense torch LeNet-5, nn.ReLU", "reference")].median_ms
-    lines.append(
-        "| dense torch LeNet-5, nn.ReLU (reference) |"
-        + "".join(f" {ref:.2f} | {ref / relu[v]:.2f} |" for v in versions)
-    )
+    dense = by[("dense torch LeNet-5, nn.ReLU", "reference")]
+    lines.append("| dense torch LeNet-5, nn.ReLU (reference) |"
+                 + f" {dense.median_ms:.2f} | {dense.ratio:.2f} |" * len(versions))
     for label in labels:
-        cells = "".join(f" {by[(label, v)].median_ms:.2f} | {by[(label, v)].median_ms / relu[v]:.2f} |"
-                        for v in versions)
+        cells = "".join(f" {by[(label, v)].median_ms:.2f} | {by[(label, v)].ratio:.2f} |" for v in versions)
         lines.append(f"| {label} |{cells}")
     intro = (
         "Sparse LeNet-5 (0.99 layer-wise magnitude), the same tree at all 4 sites, batch 64 of 1x28x28, "
         "one train step (forward, cross-entropy, backward, Adam step), eager. "
-        f"CPU time of the benchmark thread, median over {args.repeats} interleaved rounds "
-        f"of the mean of {args.steps} steps; "
-        "ratio = ms/step / ms/step of relu(x) in the same column."
+        f"CPU time of the benchmark thread over {args.repeats} interleaved rounds of {args.steps} steps "
+        "per candidate; ms/step: the median over rounds. "
+        "Ratio: the step time over that of a separate relu(x) model timed just before and just after "
+        f"it (the mean of the two), median over rounds; the relu(x) rows show the noise left "
+        f"(the reference itself: {beside.median_ms:.2f} ms/step)."
     )
     if args.before:
         intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
-    ratios = {label: by[(label, "after")].median_ms / relu["after"] for label in labels}
-    summary = _over_limits(ratios, {t.formula: t.is_unary for t in activation_trees()})
+    after = {label: by[(label, "after")] for label in labels}
+    summary = _over_limits(after, {t.formula: t.is_unary for t in activation_trees()})
     return ("## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n\n" + summary + "\n\n"
             + KERNEL_STATE_NOTE + "\n")
 
@@ -222,13 +255,15 @@ def section_activations(args: argparse.Namespace) -> str:
 UNARY_LIMIT, BINARY_LIMIT = 1.3, 1.6
 
 
-def _over_limits(ratios: dict[str, float], unary: dict[str, bool]) -> str:
-    """One line per kind: the trees above their limit, or that none is."""
+def _over_limits(cands: dict[str, Candidate], unary: dict[str, bool]) -> str:
+    """One line per kind: the trees above their limit (with the quartiles of their ratio over the
+    rounds), or that none is."""
     lines = []
     for kind, limit, is_kind in (("unary operators", UNARY_LIMIT, True), ("binary trees", BINARY_LIMIT, False)):
-        timed = [f for f in ratios if unary.get(f) is is_kind]
-        over = sorted((f for f in timed if ratios[f] > limit), key=lambda f: -ratios[f])
-        listed = ", ".join(f"`{f}` {ratios[f]:.2f}" for f in over)
+        timed = [f for f in cands if unary.get(f) is is_kind]
+        over = sorted((f for f in timed if cands[f].ratio > limit), key=lambda f: -cands[f].ratio)
+        listed = ", ".join(f"`{f}` {cands[f].ratio:.2f} ({'–'.join(f'{q:.2f}' for q in cands[f].ratio_quartiles)})"
+                           for f in over)
         lines.append(f"- {kind} above {limit}× relu(x): " + (f"{len(over)} of {len(timed)} ({listed})" if over
                                                               else f"none of {len(timed)}"))
     return "\n".join(lines)
