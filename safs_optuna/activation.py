@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .operators import BINARY, UNARY, get_binary, get_unary
+from .derivatives import tree_node
+from .operators import BINARY, UNARY, get_binary, get_unary, wants_graph
 
 __all__ = ["OperatorTree", "TreeActivation"]
 
@@ -259,7 +260,9 @@ class TreeActivation(nn.Module):
     ``forward(x) = beta * binary(left(alpha * x), right(alpha * x))``; for a unary tree the right
     operand is not computed. ``alpha`` and ``beta`` are 0-dim parameters initialised to 1, trainable
     only when ``learn_scale`` (SAFS's stage 2). Learnable operators (acon, srs, tanhsoft1, mix) own
-    their parameters, which are always trainable.
+    their parameters, which are always trainable. In training, a binary tree whose three operators
+    all know their derivatives (:attr:`Operator.parts <safs_optuna.operators.Operator>`) is one
+    autograd node (:mod:`safs_optuna.derivatives`); the values are the same either way.
 
     Example:
 
@@ -304,10 +307,16 @@ class TreeActivation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         u = _scaled(self.alpha, x)
-        a = self.left_op(u)
         if self.binary_op is None or self.right_op is None:
-            return _scaled(self.beta, a)
-        return _scaled(self.beta, self.binary_op(a, self.right_op(u)))
+            return _scaled(self.beta, self.left_op(u))
+        ops = (self.left_op, self.right_op, self.binary_op)
+        parts = [getattr(op, "parts", None) for op in ops]
+        if all(p is not None for p in parts):
+            params = [tuple(op.parameters()) for op in ops]
+            if wants_graph(u, *params[0], *params[1], *params[2]):
+                # The whole tree as one autograd node: see safs_optuna.derivatives.
+                return _scaled(self.beta, tree_node(parts[0], params[0], parts[1], params[1], parts[2], params[2], u))
+        return _scaled(self.beta, self.binary_op(self.left_op(u), self.right_op(u)))
 
     def extra_repr(self) -> str:
         return f"formula={self.tree.formula!r}, learn_scale={self.learn_scale}"

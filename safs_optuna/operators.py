@@ -26,7 +26,10 @@ are therefore written with the cheap kernels of eager PyTorch: exp2 (for exp, wh
 faster kernel), log, sigmoid and arithmetic instead of expm1, log1p, tanh, softplus, sinh, asinh
 and torch.where (5-20x slower per element on CPU); clamps are ``F.hardtanh``, whose backward is
 one fused kernel where ``torch.clamp``'s builds masks; and operators whose autograd graph has
-many nodes are ``torch.autograd.Function`` with an analytic backward. They compute the same functions as the textbook formulas up to float32
+many nodes are ``torch.autograd.Function`` with an analytic backward, most of them given by their
+*parts* (value, slope and parameter partials, see :mod:`safs_optuna.derivatives`): a tree
+``binary(unary(x), unary(x))`` of operators that all have parts trains as one autograd node
+instead of three, with one gradient buffer instead of five. They compute the same functions as the textbook formulas up to float32
 rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x);
 relative differences below 1e-6 where exp is computed as exp2).
 At the exact bound of a saturating clamp the gradient is 0 (hardtanh) rather than the inner
@@ -46,6 +49,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .derivatives import binary_node, unary_node
 
 __all__ = [
     "Operator",
@@ -91,18 +96,43 @@ def _clamp(x: Tensor, low: float, high: float) -> Tensor:
     return F.hardtanh(x, low, high)
 
 
-def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor], *args: Any) -> Tensor:
-    """``function.apply(*args)`` when a gradient is wanted, else ``plain(*args)`` (the same values).
+def wants_graph(*args: Any) -> bool:
+    """Whether a gradient is wanted through ``args`` and nobody is exporting or tracing.
 
-    The plain path keeps inference cheap (nothing saved for a backward) and gives exporters
-    (``torch.export``, ``torch.jit.trace``) ordinary ATen ops instead of a Python function. It may
-    work in place on its own intermediates, so it is never the path that autograd differentiates.
+    Where it is not, operators compute their plain forward: cheap for inference (nothing saved
+    for a backward), and ordinary ATen ops for exporters (``torch.export``, ``torch.jit.trace``)
+    instead of a Python function. The plain forward may work in place on its own intermediates,
+    so it is never the path that autograd differentiates.
     """
-    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
-    wanted = any(isinstance(a, Tensor) and a.requires_grad for a in args)
-    if exporting or not (torch.is_grad_enabled() and wanted):
-        return plain(*args)
-    return function.apply(*args)
+    if torch.compiler.is_exporting() or torch.jit.is_tracing() or not torch.is_grad_enabled():
+        return False
+    return any(isinstance(a, Tensor) and a.requires_grad for a in args)
+
+
+def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor], *args: Any) -> Tensor:
+    """``function.apply(*args)`` when a gradient is wanted, else ``plain(*args)`` (the same values)."""
+    return function.apply(*args) if wants_graph(*args) else plain(*args)
+
+
+def _by_parts(parts: Callable[..., Any], plain: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
+    """A unary operator given by its derivative parts (see :mod:`safs_optuna.derivatives`): one
+    autograd node when a gradient is wanted, else ``plain(x, *params)`` (the same values)."""
+    return unary_node(parts, x, *params) if wants_graph(x, *params) else plain(x, *params)
+
+
+def _binary_by_parts(parts: Callable[..., Any], plain: Callable[..., Tensor], a: Tensor, b: Tensor,
+                     *params: Tensor) -> Tensor:
+    """:func:`_by_parts` for a binary operator."""
+    return binary_node(parts, a, b, *params) if wants_graph(a, b, *params) else plain(a, b, *params)
+
+
+_NO_PARAMS: tuple[Tensor, ...] = ()
+
+
+def _ones(x: Tensor) -> Tensor:
+    """1 broadcast to x's shape without a buffer: the upstream gradient that turns an ATen
+    ``*_backward`` kernel into the operator's slope."""
+    return torch.ones((), dtype=x.dtype, device=x.device).expand_as(x)
 
 
 def _exp(x: Tensor) -> Tensor:
@@ -208,18 +238,9 @@ def _elu_value(x: Tensor) -> Tensor:
     return positive.add_(e).sub_(1.0)
 
 
-class _ELU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        positive, e = _elu_parts(x)
-        ctx.save_for_backward(e)
-        return positive.add_(e).sub_(1.0)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (e,) = ctx.saved_tensors
-        return g * e
+def _elu_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    positive, e = _elu_parts(x)
+    return positive.add_(e).sub_(1.0), e, ()  # elu'(x) = exp(min(x, 0))
 
 
 # F.selu's constants (Klambauer et al. 2017).
@@ -232,18 +253,9 @@ def _selu_value(x: Tensor) -> Tensor:
     return positive.add_(e, alpha=_SELU_ALPHA).sub_(_SELU_ALPHA).mul_(_SELU_SCALE)
 
 
-class _SELU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _selu_value(x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        # The kernel F.selu's own backward uses.
-        return _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, x)
+def _selu_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    # The slope from the kernel F.selu's own backward uses.
+    return _selu_value(x), _aten.elu_backward(_ones(x), _SELU_ALPHA, _SELU_SCALE, 1.0, False, x), ()
 
 
 def _mish_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -258,20 +270,12 @@ def _mish_value(x: Tensor) -> Tensor:
     return _mish_parts(x)[0].mul_(x)
 
 
-class _Mish(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        t, e = _mish_parts(x)
-        ctx.save_for_backward(x, t, e)
-        return x * t
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, t, e = ctx.saved_tensors
-        # mish' = t + x σ(x) (1 - t²), σ(x) = e / (1 + e).
-        slope = _aten.tanh_backward(x * e / (e + 1.0), t).add_(t)
-        return slope.mul_(g)
+def _mish_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    t, e = _mish_parts(x)
+    y = x * t
+    # mish' = t + x σ(x) (1 - t²), σ(x) = e / (1 + e), in the buffer of e.
+    xs = e.div_(e + 1.0).mul_(x)
+    return y, _aten.tanh_backward(xs, t).add_(t), ()
 
 
 def _symlog_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -378,19 +382,10 @@ def _sinc_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.sin(xs).div_(xs), xs, a
 
 
-class _Sinc(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, xs, a = _sinc_parts(x)
-        ctx.save_for_backward(y, xs, a)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        y, xs, a = ctx.saved_tensors
-        slope = torch.cos(xs).sub_(y).div_(xs)  # (cos x - sinc x) / x
-        return _aten.threshold_backward(slope.mul_(g), a, _SINC_EPS)  # 0 inside the safe branch
+def _sinc_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, xs, a = _sinc_parts(x)
+    slope = torch.cos(xs).sub_(y).div_(xs)  # (cos x - sinc x) / x
+    return y, _aten.threshold_backward(slope, a, _SINC_EPS), ()  # 0 inside the safe branch
 
 
 def _softsign_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -502,17 +497,17 @@ def logsigmoid(x: Tensor) -> Tensor:
 
 def elu(x: Tensor) -> Tensor:
     """x if x > 0 else exp(x) - 1."""
-    return _custom(_ELU, _elu_value, x)
+    return _by_parts(_elu_derivatives, _elu_value, x)
 
 
 def selu(x: Tensor) -> Tensor:
     """Scaled ELU (F.selu's constants)."""
-    return _custom(_SELU, _selu_value, x)
+    return _by_parts(_selu_derivatives, _selu_value, x)
 
 
 def mish(x: Tensor) -> Tensor:
     """x · tanh(softplus(x))."""
-    return _custom(_Mish, _mish_value, x)
+    return _by_parts(_mish_derivatives, _mish_value, x)
 
 
 def softsign(x: Tensor) -> Tensor:
@@ -527,7 +522,7 @@ def asinh(x: Tensor) -> Tensor:
 
 def sinc(x: Tensor) -> Tensor:
     """sin(x) / x, with sinc(0) = 1 (the unnormalised sinc of activation search)."""
-    return _custom(_Sinc, lambda t: _sinc_parts(t)[0], x)
+    return _by_parts(_sinc_derivatives, lambda t: _sinc_parts(t)[0], x)
 
 
 def max0(x: Tensor) -> Tensor:
@@ -572,8 +567,66 @@ def one(x: Tensor) -> Tensor:
 
 def elish(x: Tensor) -> Tensor:
     """ELiSH: x·σ(x) for x >= 0, (exp(x) - 1)·σ(x) for x < 0 (Basirat & Roth 2018)."""
+    return _by_parts(_elish_derivatives, _elish_value, x)
+
+
+def _elish_value(x: Tensor) -> Tensor:
     # elu(x) is x for x > 0 and exp(x) - 1 otherwise, so one product covers both branches.
-    return elu(x) * torch.sigmoid(x)
+    return _elu_value(x) * torch.sigmoid(x)
+
+
+def _elish_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    positive, e = _elu_parts(x)
+    u = positive.add_(e).sub_(1.0)  # elu(x), as _elu_value
+    s = torch.sigmoid(x)
+    y = u * s
+    # (elu σ)' = elu' σ + elu σ (1 - σ), elu' = exp(min(x, 0)) = e.
+    return y, e.mul_(s).add_(_aten.sigmoid_backward(u, s)), ()
+
+
+# Derivative parts of parameter-free operators whose values are PyTorch's own: an operator tree
+# of operators with parts trains as one autograd node (see safs_optuna.derivatives).
+
+
+def _identity_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return x, 1.0, ()
+
+
+def _neg_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return -x, -1.0, ()
+
+
+def _relu_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return torch.relu(x), _aten.threshold_backward(_ones(x), x, 0.0), ()  # 1 where x > 0, as relu's
+
+
+def _hardtanh_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return F.hardtanh(x), _aten.hardtanh_backward(_ones(x), x, -1.0, 1.0), ()
+
+
+def _sin_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return torch.sin(x), torch.cos(x), ()
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _erf_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    # erf'(x) = 2/sqrt(pi) exp(-x²), with the fast exp; x² = inf gives exp(-inf) = 0.
+    return torch.erf(x), _exp_(torch.square(x).neg_()).mul_(_TWO_OVER_SQRT_PI), ()
+
+
+def _gelu_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return F.gelu(x), _aten.gelu_backward(torch.ones_like(x), x), ()
+
+
+def _swish_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return F.silu(x), _aten.silu_backward(_ones(x), x), ()
+
+
+def _sigmoid_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    s = torch.sigmoid(x)
+    return s, _aten.sigmoid_backward(_ones(s), s), ()
 
 
 def leaky_relu(x: Tensor) -> Tensor:
@@ -584,49 +637,48 @@ def leaky_relu(x: Tensor) -> Tensor:
 # --- binary functions --------------------------------------------------------------------------
 
 
-class _Extremum(torch.autograd.Function):
-    """torch.maximum (``largest``) or torch.minimum with its own gradient rule (ties split the
-    gradient evenly) in cheap kernels."""
-
-    @staticmethod
-    def forward(ctx, a, b, largest):
-        ctx.save_for_backward(a, b)
-        ctx.largest = largest
-        return _plain_extremum(a, b, largest)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        # share of a: 1 where a wins, 1/2 on ties, 0 where b wins.
-        ga = torch.addcmul(g, g, torch.sign(a - b) if ctx.largest else torch.sign(b - a)).mul_(0.5)
-        return ga, g - ga, None
+def _share(a: Tensor, b: Tensor) -> Tensor:
+    """The gradient share of the first operand of max(a, b): 1 where a wins, 1/2 on ties, 0
+    where b wins (min(a, b) is max's with the operands swapped)."""
+    return torch.sub(a, b).sign_().add_(1.0).mul_(0.5)
 
 
-def _plain_extremum(a: Tensor, b: Tensor, largest: bool) -> Tensor:
-    return torch.maximum(a, b) if largest else torch.minimum(a, b)
+def _max_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    w = _share(a, b)
+    return torch.maximum(a, b), w, torch.rsub(w, 1.0), ()
 
 
-class _SafeDiv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        r = torch.reciprocal(torch.abs(b).add_(1.0))
-        y = a * r
-        ctx.save_for_backward(b, y, r)
-        return y
+def _min_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    w = _share(b, a)
+    return torch.minimum(a, b), w, torch.rsub(w, 1.0), ()
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        b, y, r = ctx.saved_tensors
-        ga = g * r
-        # d/db a / (1 + |b|) = -sign(b) · y / (1 + |b|); sign(0) = 0 as abs's gradient at 0.
-        gb = torch.sign(b).neg_().mul_(ga).mul_(y)
-        return ga, gb
+
+def _safe_div_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    r = torch.reciprocal(torch.abs(b).add_(1.0))
+    y = a * r
+    # d/db a / (1 + |b|) = -sign(b) · y / (1 + |b|); sign(0) = 0 as abs's gradient at 0.
+    return y, r, torch.sign(b).neg_().mul_(y).mul_(r), ()
 
 
 def _safe_div_value(a: Tensor, b: Tensor) -> Tensor:
     return a / (torch.abs(b) + 1.0)
+
+
+def _add_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    return a + b, 1.0, 1.0, ()
+
+
+def _sub_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    return a - b, 1.0, -1.0, ()
+
+
+def _mul_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    return a * b, b, a, ()
+
+
+def _sigmoid_gate_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    s = torch.sigmoid(a)
+    return s * b, _aten.sigmoid_backward(b, s), s, ()  # d/da = b σ(a)(1 - σ(a)), d/db = σ(a)
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:
@@ -645,13 +697,13 @@ def mul(a: Tensor, b: Tensor) -> Tensor:
 
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
-    """max(a, b)."""
-    return _custom(_Extremum, _plain_extremum, a, b, True)
+    """max(a, b); ties split the gradient evenly."""
+    return _binary_by_parts(_max_derivatives, torch.maximum, a, b)
 
 
 def minimum(a: Tensor, b: Tensor) -> Tensor:
-    """min(a, b)."""
-    return _custom(_Extremum, _plain_extremum, a, b, False)
+    """min(a, b); ties split the gradient evenly."""
+    return _binary_by_parts(_min_derivatives, torch.minimum, a, b)
 
 
 def left(a: Tensor, b: Tensor) -> Tensor:
@@ -666,18 +718,13 @@ def sigmoid_gate(a: Tensor, b: Tensor) -> Tensor:
 
 def safe_div(a: Tensor, b: Tensor) -> Tensor:
     """a / (1 + |b|): a division that cannot divide by zero."""
-    return _custom(_SafeDiv, _safe_div_value, a, b)
+    return _binary_by_parts(_safe_div_derivatives, _safe_div_value, a, b)
 
 
 # --- operators with learnable parameters -------------------------------------------------------
-# Their Functions take the parameters as 0-dim tensors and return one gradient per parameter:
-# a dot product over the elements, where autograd would build, reduce and free a full-size
-# product per parameter.
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Sum of a·b over all elements, as a 0-dim tensor."""
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+# Their parts take the parameters as 0-dim tensors and give one partial per parameter, which the
+# backward turns into its gradient with one dot product over the elements, where autograd would
+# build, reduce and free a full-size product per parameter.
 
 
 def _acon_parts(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -687,24 +734,18 @@ def _acon_parts(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor
     return (x * p2).addcmul_(u, s), u, z, s
 
 
-class _ACON(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, p1, p2, beta):
-        y, u, z, s = _acon_parts(x, p1, p2, beta)
-        ctx.save_for_backward(x, p1, p2, u, z, s)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, p1, p2, u, z, s = ctx.saved_tensors
-        # y = u σ(βu) + p2 x with u = (p1 - p2) x: dy/du = silu'(βu), dy/dβ = u² σ'(βu).
-        h = _aten.silu_backward(g, z)
-        gx = (g * p2).addcmul_(h, p1 - p2)
-        gp1 = _dot(h, x)
-        gp2 = _dot(g, x) - gp1
-        gbeta = _dot(_aten.sigmoid_backward(g, s).mul_(u), u)
-        return gx, gp1, gp2, gbeta
+def _acon_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    p1, p2, beta = params
+    y, u, z, s = _acon_parts(x, p1, p2, beta)
+    # y = u σ(βu) + p2 x with u = (p1 - p2) x: dy/du = silu'(z) = σ(z)(1 + z(1 - σ(z))) with
+    # z = βu, so dy/dx = p2 + (p1 - p2) silu'(z), dy/dp1 = x silu'(z), dy/dp2 = x - dy/dp1 and
+    # dy/dβ = u² σ'(z).
+    k = z.mul_(torch.rsub(s, 1.0)).add_(1.0).mul_(s)
+    d_beta = (_aten.sigmoid_backward(u, s).mul_(u), 1.0) if want[2] else None
+    x_k = x * k if (want[0] or want[1]) else None
+    d_p2 = (torch.sub(x, x_k), 1.0) if want[1] else None
+    d_p1 = (x_k, 1.0) if want[0] else None
+    return y, k.mul_(p1 - p2).add_(p2), (d_p1, d_p2, d_beta)
 
 
 class ACON(nn.Module):
@@ -721,7 +762,13 @@ class ACON(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return _custom(_ACON, lambda *a: _acon_parts(*a)[0], x, self.p1, self.p2, self.beta)
+        return _by_parts(_acon_derivatives, _acon_value, x, self.p1, self.p2, self.beta)
+
+    parts = staticmethod(_acon_derivatives)
+
+
+def _acon_value(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    return _acon_parts(x, p1, p2, beta)[0]
 
 
 def _srs_guard(p: Tensor) -> Tensor:
@@ -751,7 +798,7 @@ _SRS_BOUNDS: dict[tuple[torch.dtype, str], tuple[float, float]] = {}
 
 
 def _srs_eps(dtype: torch.dtype) -> float:
-    """_SRS_EPS as a value of ``dtype``: the float guards of _SRS then equal _srs_guard's."""
+    """_SRS_EPS as a value of ``dtype``: the float guards of _srs_derivatives then equal _srs_guard's."""
     if dtype not in _SRS_EPS_OF:
         _SRS_EPS_OF[dtype] = torch.tensor(_SRS_EPS, dtype=dtype).item()
     return _SRS_EPS_OF[dtype]
@@ -769,49 +816,35 @@ def _srs_bounds(t: Tensor) -> tuple[float, float]:
     return _SRS_BOUNDS[key]
 
 
-class _SRS(torch.autograd.Function):
-    """SRS of the raw parameters; their guards are inside, so they add no autograd nodes."""
-
-    @staticmethod
-    def forward(ctx, x, alpha, beta):
-        # The parameters as Python numbers: the guards and the scalar factors of the backward are
-        # then arithmetic instead of a dozen dispatched ops on 0-dim tensors per call (a fixed
-        # cost that showed on LeNet-5's small fully connected activations).
-        eps = _srs_eps(alpha.dtype)
-        alpha_f, beta_f = alpha.item(), beta.item()
-        a, b = max(abs(alpha_f), eps), max(abs(beta_f), eps)
-        y, e, r = _srs_core(x, a, b)
-        ctx.save_for_backward(y, e, r)
-        # d|p|-guard / dp: sign(p) while |p| >= eps (the clamp passes it), else 0.
-        ctx.scalars = (a, b, math.copysign(1.0, alpha_f) if abs(alpha_f) >= eps else 0.0,
-                       math.copysign(1.0, beta_f) if abs(beta_f) >= eps else 0.0)
-        # Which clamps are active anywhere (two reductions): the backward skips the mask passes
-        # of inactive ones, which is every call while α, β stay near their initial values.
-        e_bound, r_bound = _srs_bounds(x)
-        ctx.exp_clamped = bool(e.max() >= e_bound)
-        ctx.den_clamped = bool(r.max() >= r_bound)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        y, e, r = ctx.saved_tensors
-        a, b, slope_alpha, slope_beta = ctx.scalars
-        # y = x / D, D = max(den, eps), den = x/a + e, e = exp(min(-x/b, 60)):
-        # dy/dx = r (1 - y dD/dx), dD/dx = 1/a - e/b; dy/da = y² / a², dy/db = -y² e / b²,
-        # each 0 where a clamp is active (e's part where -x/b >= 60, all of D's where den <= eps).
-        e_bound, r_bound = _srs_bounds(y)
-        if ctx.exp_clamped:
-            e = e * (e < e_bound)
-        gy = g * y
-        if ctx.den_clamped:  # D is the constant eps there: dy/dx = r, and nothing reaches a or b
-            gy.mul_(r < r_bound)
-        galpha = _dot(gy, y) * (slope_alpha / (a * a)) if ctx.needs_input_grad[1] else None
-        ge = gy * e
-        gbeta = _dot(ge, y) * (-slope_beta / (b * b)) if ctx.needs_input_grad[2] else None
-        # r (g - g y dD/dx) = r (g + g y e/b - g y/a), in the buffer of g y e.
-        gx = ge.mul_(1.0 / b).add_(gy, alpha=-1.0 / a).add_(g).mul_(r)
-        return gx, galpha, gbeta
+def _srs_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    """SRS of the raw parameters with its derivatives; their guards are inside, so they add no
+    autograd nodes."""
+    alpha, beta = params
+    # The parameters as Python numbers: the guards and the scalar factors are then arithmetic
+    # instead of a dozen dispatched ops on 0-dim tensors per call (a fixed cost that showed on
+    # LeNet-5's small fully connected activations).
+    eps = _srs_eps(alpha.dtype)
+    alpha_f, beta_f = alpha.item(), beta.item()
+    a, b = max(abs(alpha_f), eps), max(abs(beta_f), eps)
+    y, e, r = _srs_core(x, a, b)
+    # y = x / D, D = max(den, eps), den = x/a + e, e = exp(min(-x/b, 60)):
+    # dy/dx = r (1 - y dD/dx), dD/dx = 1/a - e/b; dy/da = y² / a², dy/db = -y² e / b²,
+    # each 0 where a clamp is active (e's part where -x/b >= 60, all of D's where den <= eps).
+    # Which clamps are active anywhere (two reductions): the mask passes are skipped for the
+    # inactive ones, which is every call while α, β stay near their initial values.
+    e_bound, r_bound = _srs_bounds(x)
+    if bool(e.max() >= e_bound):
+        e = e * (e < e_bound)
+    y_d = y * (r < r_bound) if bool(r.max() >= r_bound) else y  # D is the constant eps there
+    # d|p|-guard / dp: sign(p) while |p| >= eps (the clamp passes it), else 0.
+    slope_alpha = math.copysign(1.0, alpha_f) if abs(alpha_f) >= eps else 0.0
+    slope_beta = math.copysign(1.0, beta_f) if abs(beta_f) >= eps else 0.0
+    y2 = y_d * y if (want[0] or want[1]) else None
+    d_beta = (y2 * e if want[0] else y2.mul_(e), -slope_beta / (b * b)) if want[1] else None
+    d_alpha = (y2, slope_alpha / (a * a)) if want[0] else None
+    # r (1 - y dD/dx) = r (1 + y (e/b - 1/a)), in the buffer of e.
+    slope = e.mul_(1.0 / b).sub_(1.0 / a).mul_(y_d).add_(1.0).mul_(r)
+    return y, slope, (d_alpha, d_beta)
 
 
 class SRS(nn.Module):
@@ -828,7 +861,9 @@ class SRS(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return _custom(_SRS, _srs_value, x, self.alpha, self.beta)
+        return _by_parts(_srs_derivatives, _srs_value, x, self.alpha, self.beta)
+
+    parts = staticmethod(_srs_derivatives)
 
 
 def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -838,23 +873,13 @@ def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, 
     return t * sp, t, sp, s
 
 
-class _TanhSoft1(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha):
-        y, t, sp, s = _tanhsoft1_parts(x, alpha)
-        # y = tanh(αx) softplus(x): dy/dx = α (1 - t²) sp + t σ(x) and dy/dα = x (1 - t²) sp.
-        # The backward keeps the two products, not their three factors: one buffer less to hold
-        # until the backward, and fewer passes in it.
-        ctx.save_for_backward(x, alpha, _aten.tanh_backward(sp, t), s.mul_(t))
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, alpha, slope_in, ts = ctx.saved_tensors  # (1 - t²) sp, t σ(x)
-        q = g * slope_in
-        galpha = _dot(q, x) if ctx.needs_input_grad[1] else None
-        return q.mul_(alpha).addcmul_(g, ts), galpha
+def _tanhsoft1_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    (alpha,) = params
+    y, t, sp, s = _tanhsoft1_parts(x, alpha)
+    # y = tanh(αx) softplus(x): dy/dx = α (1 - t²) sp + t σ(x) and dy/dα = x (1 - t²) sp.
+    slope_in = _aten.tanh_backward(sp, t)
+    slope = s.mul_(t).addcmul_(slope_in, alpha)
+    return y, slope, ((slope_in.mul_(x), 1.0) if want[0] else None,)
 
 
 class TanhSoft1(nn.Module):
@@ -868,22 +893,19 @@ class TanhSoft1(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return _custom(_TanhSoft1, lambda *a: _tanhsoft1_parts(*a)[0], x, self.alpha)
+        return _by_parts(_tanhsoft1_derivatives, _tanhsoft1_value, x, self.alpha)
+
+    parts = staticmethod(_tanhsoft1_derivatives)
 
 
-class _Mix(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, beta):
-        ctx.save_for_backward(a, b, beta)
-        return _mix_value(a, b, beta)
+def _tanhsoft1_value(x: Tensor, alpha: Tensor) -> Tensor:
+    return _tanhsoft1_parts(x, alpha)[0]
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        a, b, beta = ctx.saved_tensors
-        ga = g * beta
-        gbeta = (_dot(g, a) - _dot(g, b)) if ctx.needs_input_grad[2] else None
-        return ga, g - ga, gbeta
+
+def _mix_derivatives(a: Tensor, b: Tensor, params: tuple, want: tuple) -> tuple:
+    (beta,) = params
+    d_beta = (torch.sub(a, b), 1.0) if want[0] else None
+    return _mix_value(a, b, beta), beta, torch.rsub(beta, 1.0), (d_beta,)
 
 
 class Mix(nn.Module):
@@ -894,7 +916,9 @@ class Mix(nn.Module):
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return _custom(_Mix, _mix_value, a, b, self.beta)
+        return _binary_by_parts(_mix_derivatives, _mix_value, a, b, self.beta)
+
+    parts = staticmethod(_mix_derivatives)
 
 
 def _mix_value(a: Tensor, b: Tensor, beta: Tensor) -> Tensor:
@@ -905,12 +929,14 @@ def _mix_value(a: Tensor, b: Tensor, beta: Tensor) -> Tensor:
 
 
 class UnaryFunction(nn.Module):
-    """A parameter-free unary operator as a module."""
+    """A parameter-free unary operator as a module; ``parts`` its derivatives, where known (see
+    :mod:`safs_optuna.derivatives`)."""
 
-    def __init__(self, name: str, fn: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, name: str, fn: Callable[[Tensor], Tensor], parts: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.name = name
         self.fn = fn
+        self.parts = parts
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -920,12 +946,14 @@ class UnaryFunction(nn.Module):
 
 
 class BinaryFunction(nn.Module):
-    """A parameter-free binary operator as a module."""
+    """A parameter-free binary operator as a module; ``parts`` its derivatives, where known."""
 
-    def __init__(self, name: str, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    def __init__(self, name: str, fn: Callable[[Tensor, Tensor], Tensor],
+                 parts: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.name = name
         self.fn = fn
+        self.parts = parts
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return self.fn(a, b)
@@ -948,6 +976,9 @@ class Operator:
         factory: Builds a fresh module with its own parameters, for learnable operators.
         commutative: Binary only: ``op(a, b) == op(b, a)``.
         description: The formula in words, for listings.
+        parts: The operator's value with its derivatives (see :mod:`safs_optuna.derivatives`),
+            for parameter-free operators where they are known: a tree of operators that all
+            have them trains as one autograd node. Learnable operators' modules carry their own.
     """
 
     name: str
@@ -956,6 +987,7 @@ class Operator:
     factory: Callable[[], nn.Module] | None = None
     commutative: bool = False
     description: str = ""
+    parts: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if self.arity not in (1, 2):
@@ -964,6 +996,8 @@ class Operator:
             raise ValueError(f"operator {self.name!r}: give exactly one of fn and factory")
         if self.commutative and self.arity != 2:
             raise ValueError(f"operator {self.name!r}: only binary operators can be commutative")
+        if self.parts is not None and self.factory is not None:
+            raise ValueError(f"operator {self.name!r}: a learnable operator's module carries its parts")
 
     @property
     def learnable(self) -> bool:
@@ -979,12 +1013,13 @@ class Operator:
             return self.factory()
         assert self.fn is not None
         if self.arity == 1:
-            return UnaryFunction(self.name, self.fn)
-        return BinaryFunction(self.name, self.fn)
+            return UnaryFunction(self.name, self.fn, self.parts)
+        return BinaryFunction(self.name, self.fn, self.parts)
 
 
-def _unary(name: str, fn: Callable[[Tensor], Tensor], description: str) -> Operator:
-    return Operator(name, 1, fn, description=description)
+def _unary(name: str, fn: Callable[[Tensor], Tensor], description: str,
+           parts: Callable[..., Any] | None = None) -> Operator:
+    return Operator(name, 1, fn, description=description, parts=parts)
 
 
 def _learnable_unary(name: str, factory: Callable[[], nn.Module], description: str) -> Operator:
@@ -995,60 +1030,60 @@ _UNARY_LIST: list[Operator] = [
     # The SAFS paper's 13 candidates, in its order.
     _unary("relu6", F.relu6, "min(max(x, 0), 6)"),
     _unary("hardswish", F.hardswish, "x · relu6(x + 3) / 6"),
-    _unary("swish", F.silu, "x · σ(x) (SiLU)"),
+    _unary("swish", F.silu, "x · σ(x) (SiLU)", _swish_derivatives),
     _learnable_unary("tanhsoft1", TanhSoft1, "tanh(α·x) · softplus(x), learnable α"),
     _learnable_unary("acon", ACON, "ACON-C (p1 - p2)·x·σ(β(p1 - p2)x) + p2·x, learnable p1, p2, β"),
-    _unary("gelu", F.gelu, "x · Φ(x) (exact, erf form)"),
+    _unary("gelu", F.gelu, "x · Φ(x) (exact, erf form)", _gelu_derivatives),
     _learnable_unary("srs", SRS, "x / (x/α + exp(-x/β)), learnable α, β"),
-    _unary("elu", elu, "x if x > 0 else exp(x) - 1"),
+    _unary("elu", elu, "x if x > 0 else exp(x) - 1", _elu_derivatives),
     _unary("tanh", tanh, "tanh(x)"),
     _unary("softplus", softplus, "log(1 + exp(x))"),
     _unary("logsigmoid", logsigmoid, "log σ(x)"),
     _unary("symlog", symlog, "sign(x) · log(1 + |x|)"),
     _unary("symexp", symexp, "sign(x) · (exp(|x|) - 1), saturating at |x| = 10"),
     # The dense networks' default.
-    _unary("relu", torch.relu, "max(x, 0)"),
+    _unary("relu", torch.relu, "max(x, 0)", _relu_derivatives),
     # Classic operators of activation-function search (Ramachandran et al. 2017).
-    _unary("x", identity, "x"),
-    _unary("neg", neg, "-x"),
+    _unary("x", identity, "x", _identity_derivatives),
+    _unary("neg", neg, "-x", _neg_derivatives),
     _unary("abs", torch.abs, "|x|"),
     _unary("square", square, "x², saturating at |x| = 1e3"),
     _unary("cube", cube, "x³, saturating at |x| = 1e2"),
     _unary("sqrt_abs", sqrt_abs, "sqrt(|x|), smoothed at 0"),
     _unary("exp", exp, "exp(x), saturating at x = 10"),
-    _unary("sin", torch.sin, "sin(x)"),
+    _unary("sin", torch.sin, "sin(x)", _sin_derivatives),
     _unary("cos", torch.cos, "cos(x)"),
     _unary("sinh", sinh, "sinh(x), saturating at |x| = 10"),
     _unary("cosh", cosh, "cosh(x), saturating at |x| = 10"),
     _unary("asinh", asinh, "asinh(x)"),
     _unary("atan", torch.atan, "atan(x)"),
-    _unary("sinc", sinc, "sin(x) / x"),
-    _unary("max0", max0, "max(x, 0)"),
+    _unary("sinc", sinc, "sin(x) / x", _sinc_derivatives),
+    _unary("max0", max0, "max(x, 0)", _relu_derivatives),
     _unary("min0", min0, "min(x, 0)"),
-    _unary("sigmoid", torch.sigmoid, "σ(x) = 1 / (1 + exp(-x))"),
-    _unary("erf", torch.erf, "erf(x)"),
+    _unary("sigmoid", torch.sigmoid, "σ(x) = 1 / (1 + exp(-x))", _sigmoid_derivatives),
+    _unary("erf", torch.erf, "erf(x)", _erf_derivatives),
     _unary("gauss", gauss, "exp(-x²)"),
     _unary("zero", zero, "0"),
     _unary("one", one, "1"),
     # Other common activations.
-    _unary("mish", mish, "x · tanh(softplus(x))"),
-    _unary("selu", selu, "scaled ELU (self-normalising)"),
+    _unary("mish", mish, "x · tanh(softplus(x))", _mish_derivatives),
+    _unary("selu", selu, "scaled ELU (self-normalising)", _selu_derivatives),
     _unary("softsign", softsign, "x / (1 + |x|)"),
     _unary("leaky_relu", leaky_relu, "max(x, 0.01·x)"),
-    _unary("hardtanh", F.hardtanh, "clamp(x, -1, 1)"),
+    _unary("hardtanh", F.hardtanh, "clamp(x, -1, 1)", _hardtanh_derivatives),
     _unary("hardsigmoid", F.hardsigmoid, "relu6(x + 3) / 6"),
-    _unary("elish", elish, "x·σ(x) if x >= 0 else (exp(x) - 1)·σ(x)"),
+    _unary("elish", elish, "x·σ(x) if x >= 0 else (exp(x) - 1)·σ(x)", _elish_derivatives),
 ]
 
 _BINARY_LIST: list[Operator] = [
-    Operator("add", 2, add, commutative=True, description="a + b"),
-    Operator("sub", 2, sub, description="a - b"),
-    Operator("mul", 2, mul, commutative=True, description="a · b"),
-    Operator("max", 2, maximum, commutative=True, description="max(a, b)"),
-    Operator("min", 2, minimum, commutative=True, description="min(a, b)"),
+    Operator("add", 2, add, commutative=True, description="a + b", parts=_add_derivatives),
+    Operator("sub", 2, sub, description="a - b", parts=_sub_derivatives),
+    Operator("mul", 2, mul, commutative=True, description="a · b", parts=_mul_derivatives),
+    Operator("max", 2, maximum, commutative=True, description="max(a, b)", parts=_max_derivatives),
+    Operator("min", 2, minimum, commutative=True, description="min(a, b)", parts=_min_derivatives),
     Operator("left", 2, left, description="a (unary-only activation)"),
-    Operator("sigmoid_gate", 2, sigmoid_gate, description="σ(a) · b"),
-    Operator("safe_div", 2, safe_div, description="a / (1 + |b|)"),
+    Operator("sigmoid_gate", 2, sigmoid_gate, description="σ(a) · b", parts=_sigmoid_gate_derivatives),
+    Operator("safe_div", 2, safe_div, description="a / (1 + |b|)", parts=_safe_div_derivatives),
     Operator("mix", 2, None, Mix, description="β·a + (1 - β)·b, learnable β (init 0.5)"),
 ]
 
