@@ -165,6 +165,7 @@ def load_operators(ref: str) -> types.ModuleType:
     name = "_operators_before"
     module = types.ModuleType(name)
     sys.modules[name] = module  # dataclasses looks the module up while building Operator
+    module.__package__ = "safs_optuna"  # its relative imports: the installed package's modules
     exec(compile(source, f"{ref}:safs_optuna/operators.py", "exec"), module.__dict__)
     return module
 

@@ -109,11 +109,6 @@ def wants_graph(*args: Any) -> bool:
     return any(isinstance(a, Tensor) and a.requires_grad for a in args)
 
 
-def _custom(function: type[torch.autograd.Function], plain: Callable[..., Tensor], *args: Any) -> Tensor:
-    """``function.apply(*args)`` when a gradient is wanted, else ``plain(*args)`` (the same values)."""
-    return function.apply(*args) if wants_graph(*args) else plain(*args)
-
-
 def _by_parts(parts: Callable[..., Any], plain: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
     """A unary operator given by its derivative parts (see :mod:`safs_optuna.derivatives`): one
     autograd node when a gradient is wanted, else ``plain(x, *params)`` (the same values)."""
@@ -163,9 +158,9 @@ def _log_sigmoid_abs(s: Tensor) -> Tensor:
     return (s - 0.5).abs_().add_(0.5).log_()
 
 
-# Each Function below computes its value with a module-level helper (``_<name>_value``, or
-# ``_<name>_parts`` when the backward needs intermediates too); ``_custom``'s plain path calls the
-# same helper, so both paths give the same values.
+# Each operator's derivative parts (``_<name>_derivatives``) compute its value with a module-level
+# helper (``_<name>_value``, or ``_<name>_parts`` when the slope needs intermediates too); the plain
+# path of ``_by_parts`` calls the same helper, so both paths give the same values.
 
 
 def _tanh_value(x: Tensor) -> Tensor:
@@ -173,18 +168,9 @@ def _tanh_value(x: Tensor) -> Tensor:
     return (x * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
-class _Tanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _tanh_value(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return _aten.tanh_backward(g, y)
+def _tanh_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y = _tanh_value(x)
+    return y, _aten.tanh_backward(_ones(y), y), ()
 
 
 def _softplus_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,18 +179,9 @@ def _softplus_parts(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.relu(x).sub_(_log_sigmoid_abs(s)), s
 
 
-class _Softplus(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, s = _softplus_parts(x)
-        ctx.save_for_backward(s)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (s,) = ctx.saved_tensors
-        return g * s
+def _softplus_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, s = _softplus_parts(x)
+    return y, s, ()  # softplus' = σ
 
 
 def _logsigmoid_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -213,18 +190,9 @@ def _logsigmoid_parts(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.clamp(x, max=0.0).add_(_log_sigmoid_abs(s)), s
 
 
-class _LogSigmoid(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, s = _logsigmoid_parts(x)
-        ctx.save_for_backward(s)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (s,) = ctx.saved_tensors
-        return torch.addcmul(g, g, s, value=-1.0)  # g (1 - σ(x))
+def _logsigmoid_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, s = _logsigmoid_parts(x)
+    return y, s.neg_().add_(1.0), ()  # 1 - σ(x)
 
 
 def _elu_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -283,18 +251,9 @@ def _symlog_parts(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.copysign(torch.log(d), x), d
 
 
-class _Symlog(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, d = _symlog_parts(x)
-        ctx.save_for_backward(d)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (d,) = ctx.saved_tensors
-        return g / d  # 1 / (1 + |x|): the slope 1 at 0, from both sides
+def _symlog_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, d = _symlog_parts(x)
+    return y, d.reciprocal_(), ()  # 1 / (1 + |x|): the slope 1 at 0, from both sides
 
 
 def _symexp_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -303,18 +262,9 @@ def _symexp_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.copysign(e - 1.0, x), a, e
 
 
-class _Symexp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, a, e = _symexp_parts(x)
-        ctx.save_for_backward(a, e)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        a, e = ctx.saved_tensors
-        return _aten.hardtanh_backward(g * e, a, -1.0, _EXP_CLAMP)  # exp(|x|), 0 once saturated
+def _symexp_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, a, e = _symexp_parts(x)
+    return y, _aten.hardtanh_backward(e, a, -1.0, _EXP_CLAMP), ()  # exp(|x|), 0 once saturated
 
 
 def _exp_pair(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -323,32 +273,16 @@ def _exp_pair(x: Tensor) -> tuple[Tensor, Tensor]:
     return e, torch.reciprocal(e)
 
 
-class _Sinh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        e, r = _exp_pair(x)
-        ctx.save_for_backward(x, e, r)
-        return (e - r).mul_(0.5)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, e, r = ctx.saved_tensors
-        return _aten.hardtanh_backward((e + r).mul_(0.5).mul_(g), x, -_EXP_CLAMP, _EXP_CLAMP)
+def _sinh_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    e, r = _exp_pair(x)
+    y = (e - r).mul_(0.5)
+    return y, _aten.hardtanh_backward(e.add_(r).mul_(0.5), x, -_EXP_CLAMP, _EXP_CLAMP), ()  # cosh, 0 once saturated
 
 
-class _Cosh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        e, r = _exp_pair(x)
-        ctx.save_for_backward(x, e, r)
-        return (e + r).mul_(0.5)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, e, r = ctx.saved_tensors
-        return _aten.hardtanh_backward((e - r).mul_(0.5).mul_(g), x, -_EXP_CLAMP, _EXP_CLAMP)
+def _cosh_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    e, r = _exp_pair(x)
+    y = (e + r).mul_(0.5)
+    return y, _aten.hardtanh_backward(e.sub_(r).mul_(0.5), x, -_EXP_CLAMP, _EXP_CLAMP), ()  # sinh, 0 once saturated
 
 
 def _asinh_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -357,18 +291,9 @@ def _asinh_parts(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.copysign(torch.log(h + a), x), h
 
 
-class _Asinh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, h = _asinh_parts(x)
-        ctx.save_for_backward(h)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (h,) = ctx.saved_tensors
-        return g / h
+def _asinh_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, h = _asinh_parts(x)
+    return y, h.reciprocal_(), ()  # 1 / sqrt(x² + 1)
 
 
 # sinc's safe branch: |x| is raised to at least this, where sin(x)/x = 1 in float32 already
@@ -393,18 +318,9 @@ def _softsign_parts(x: Tensor) -> tuple[Tensor, Tensor]:
     return x * r, r
 
 
-class _Softsign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, r = _softsign_parts(x)
-        ctx.save_for_backward(r)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (r,) = ctx.saved_tensors
-        return g * r * r  # 1 / (1 + |x|)²
+def _softsign_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, r = _softsign_parts(x)
+    return y, r.mul_(r), ()  # 1 / (1 + |x|)²
 
 
 def _sqrt_abs_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -412,18 +328,9 @@ def _sqrt_abs_parts(x: Tensor) -> tuple[Tensor, Tensor]:
     return s - math.sqrt(_SQRT_EPS), s
 
 
-class _SqrtAbs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y, s = _sqrt_abs_parts(x)
-        ctx.save_for_backward(x, s)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, s = ctx.saved_tensors
-        return torch.sign(x).mul_(g).div_(s).mul_(0.5)  # sign(x) / (2 sqrt(|x| + eps)), 0 at 0
+def _sqrt_abs_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y, s = _sqrt_abs_parts(x)
+    return y, torch.sign(x).div_(s).mul_(0.5), ()  # sign(x) / (2 sqrt(|x| + eps)), 0 at 0
 
 
 # --- unary functions ---------------------------------------------------------------------------
@@ -452,7 +359,7 @@ def cube(x: Tensor) -> Tensor:
 
 def sqrt_abs(x: Tensor) -> Tensor:
     """sqrt(|x|), smoothed at 0 so that its gradient is finite."""
-    return _custom(_SqrtAbs, lambda t: _sqrt_abs_parts(t)[0], x)
+    return _by_parts(_sqrt_abs_derivatives, lambda t: _sqrt_abs_parts(t)[0], x)
 
 
 def exp(x: Tensor) -> Tensor:
@@ -462,7 +369,7 @@ def exp(x: Tensor) -> Tensor:
 
 def sinh(x: Tensor) -> Tensor:
     """sinh(x), saturating at |x| = 10."""
-    return _custom(_Sinh, _sinh_value, x)
+    return _by_parts(_sinh_derivatives, _sinh_value, x)
 
 
 def _sinh_value(x: Tensor) -> Tensor:
@@ -472,7 +379,7 @@ def _sinh_value(x: Tensor) -> Tensor:
 
 def cosh(x: Tensor) -> Tensor:
     """cosh(x), saturating at |x| = 10."""
-    return _custom(_Cosh, _cosh_value, x)
+    return _by_parts(_cosh_derivatives, _cosh_value, x)
 
 
 def _cosh_value(x: Tensor) -> Tensor:
@@ -482,17 +389,17 @@ def _cosh_value(x: Tensor) -> Tensor:
 
 def tanh(x: Tensor) -> Tensor:
     """tanh(x)."""
-    return _custom(_Tanh, _tanh_value, x)
+    return _by_parts(_tanh_derivatives, _tanh_value, x)
 
 
 def softplus(x: Tensor) -> Tensor:
     """log(1 + exp(x))."""
-    return _custom(_Softplus, lambda t: _softplus_parts(t)[0], x)
+    return _by_parts(_softplus_derivatives, lambda t: _softplus_parts(t)[0], x)
 
 
 def logsigmoid(x: Tensor) -> Tensor:
     """log σ(x)."""
-    return _custom(_LogSigmoid, lambda t: _logsigmoid_parts(t)[0], x)
+    return _by_parts(_logsigmoid_derivatives, lambda t: _logsigmoid_parts(t)[0], x)
 
 
 def elu(x: Tensor) -> Tensor:
@@ -512,12 +419,12 @@ def mish(x: Tensor) -> Tensor:
 
 def softsign(x: Tensor) -> Tensor:
     """x / (1 + |x|)."""
-    return _custom(_Softsign, lambda t: _softsign_parts(t)[0], x)
+    return _by_parts(_softsign_derivatives, lambda t: _softsign_parts(t)[0], x)
 
 
 def asinh(x: Tensor) -> Tensor:
     """asinh(x) = sign(x) · log(|x| + sqrt(x² + 1))."""
-    return _custom(_Asinh, lambda t: _asinh_parts(t)[0], x)
+    return _by_parts(_asinh_derivatives, lambda t: _asinh_parts(t)[0], x)
 
 
 def sinc(x: Tensor) -> Tensor:
@@ -545,12 +452,12 @@ def gauss(x: Tensor) -> Tensor:
 
 def symlog(x: Tensor) -> Tensor:
     """sign(x) · log(1 + |x|)."""
-    return _custom(_Symlog, lambda t: _symlog_parts(t)[0], x)
+    return _by_parts(_symlog_derivatives, lambda t: _symlog_parts(t)[0], x)
 
 
 def symexp(x: Tensor) -> Tensor:
     """sign(x) · (exp(|x|) - 1), saturating at |x| = 10."""
-    return _custom(_Symexp, lambda t: _symexp_parts(t)[0], x)
+    return _by_parts(_symexp_derivatives, lambda t: _symexp_parts(t)[0], x)
 
 
 def zero(x: Tensor) -> Tensor:
@@ -629,9 +536,74 @@ def _sigmoid_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
     return s, _aten.sigmoid_backward(_ones(s), s), ()
 
 
+def _relu6_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return F.relu6(x), _aten.hardtanh_backward(_ones(x), x, 0.0, 6.0), ()
+
+
+def _hardswish_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return F.hardswish(x), _aten.hardswish_backward(_ones(x), x), ()
+
+
+def _hardsigmoid_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return F.hardsigmoid(x), _aten.hardsigmoid_backward(_ones(x), x), ()
+
+
+def _leaky_relu_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return leaky_relu(x), _aten.leaky_relu_backward(_ones(x), x, _LEAKY_SLOPE, False), ()
+
+
+def _abs_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return torch.abs(x), torch.sign(x), ()
+
+
+def _min0_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return min0(x), _aten.hardtanh_backward(_ones(x), x, -math.inf, 0.0), ()
+
+
+def _exp_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y = exp(x)
+    return y, _aten.hardtanh_backward(y, x, -math.inf, _EXP_CLAMP), ()  # exp(x), 0 once saturated
+
+
+def _square_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    c = _clamp(x, -_SQUARE_CLAMP, _SQUARE_CLAMP)
+    y = torch.square(c)
+    return y, _aten.hardtanh_backward(c.mul_(2.0), x, -_SQUARE_CLAMP, _SQUARE_CLAMP), ()
+
+
+def _cube_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    c = _clamp(x, -_CUBE_CLAMP, _CUBE_CLAMP)
+    y = torch.pow(c, 3)
+    return y, _aten.hardtanh_backward(c.square_().mul_(3.0), x, -_CUBE_CLAMP, _CUBE_CLAMP), ()
+
+
+def _cos_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return torch.cos(x), torch.sin(x).neg_(), ()
+
+
+def _atan_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return torch.atan(x), torch.square(x).add_(1.0).reciprocal_(), ()  # 1 / (1 + x²); 0 once x² = inf
+
+
+def _gauss_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    y = gauss(x)
+    return y, (x * y).mul_(-2.0), ()
+
+
+def _zero_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return zero(x), 0.0, ()
+
+
+def _one_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
+    return one(x), 0.0, ()
+
+
+_LEAKY_SLOPE = 0.01
+
+
 def leaky_relu(x: Tensor) -> Tensor:
     """max(x, 0.01·x)."""
-    return F.leaky_relu(x, 0.01)
+    return F.leaky_relu(x, _LEAKY_SLOPE)
 
 
 # --- binary functions --------------------------------------------------------------------------
@@ -1028,50 +1000,50 @@ def _learnable_unary(name: str, factory: Callable[[], nn.Module], description: s
 
 _UNARY_LIST: list[Operator] = [
     # The SAFS paper's 13 candidates, in its order.
-    _unary("relu6", F.relu6, "min(max(x, 0), 6)"),
-    _unary("hardswish", F.hardswish, "x · relu6(x + 3) / 6"),
+    _unary("relu6", F.relu6, "min(max(x, 0), 6)", _relu6_derivatives),
+    _unary("hardswish", F.hardswish, "x · relu6(x + 3) / 6", _hardswish_derivatives),
     _unary("swish", F.silu, "x · σ(x) (SiLU)", _swish_derivatives),
     _learnable_unary("tanhsoft1", TanhSoft1, "tanh(α·x) · softplus(x), learnable α"),
     _learnable_unary("acon", ACON, "ACON-C (p1 - p2)·x·σ(β(p1 - p2)x) + p2·x, learnable p1, p2, β"),
     _unary("gelu", F.gelu, "x · Φ(x) (exact, erf form)", _gelu_derivatives),
     _learnable_unary("srs", SRS, "x / (x/α + exp(-x/β)), learnable α, β"),
     _unary("elu", elu, "x if x > 0 else exp(x) - 1", _elu_derivatives),
-    _unary("tanh", tanh, "tanh(x)"),
-    _unary("softplus", softplus, "log(1 + exp(x))"),
-    _unary("logsigmoid", logsigmoid, "log σ(x)"),
-    _unary("symlog", symlog, "sign(x) · log(1 + |x|)"),
-    _unary("symexp", symexp, "sign(x) · (exp(|x|) - 1), saturating at |x| = 10"),
+    _unary("tanh", tanh, "tanh(x)", _tanh_derivatives),
+    _unary("softplus", softplus, "log(1 + exp(x))", _softplus_derivatives),
+    _unary("logsigmoid", logsigmoid, "log σ(x)", _logsigmoid_derivatives),
+    _unary("symlog", symlog, "sign(x) · log(1 + |x|)", _symlog_derivatives),
+    _unary("symexp", symexp, "sign(x) · (exp(|x|) - 1), saturating at |x| = 10", _symexp_derivatives),
     # The dense networks' default.
     _unary("relu", torch.relu, "max(x, 0)", _relu_derivatives),
     # Classic operators of activation-function search (Ramachandran et al. 2017).
     _unary("x", identity, "x", _identity_derivatives),
     _unary("neg", neg, "-x", _neg_derivatives),
-    _unary("abs", torch.abs, "|x|"),
-    _unary("square", square, "x², saturating at |x| = 1e3"),
-    _unary("cube", cube, "x³, saturating at |x| = 1e2"),
-    _unary("sqrt_abs", sqrt_abs, "sqrt(|x|), smoothed at 0"),
-    _unary("exp", exp, "exp(x), saturating at x = 10"),
+    _unary("abs", torch.abs, "|x|", _abs_derivatives),
+    _unary("square", square, "x², saturating at |x| = 1e3", _square_derivatives),
+    _unary("cube", cube, "x³, saturating at |x| = 1e2", _cube_derivatives),
+    _unary("sqrt_abs", sqrt_abs, "sqrt(|x|), smoothed at 0", _sqrt_abs_derivatives),
+    _unary("exp", exp, "exp(x), saturating at x = 10", _exp_derivatives),
     _unary("sin", torch.sin, "sin(x)", _sin_derivatives),
-    _unary("cos", torch.cos, "cos(x)"),
-    _unary("sinh", sinh, "sinh(x), saturating at |x| = 10"),
-    _unary("cosh", cosh, "cosh(x), saturating at |x| = 10"),
-    _unary("asinh", asinh, "asinh(x)"),
-    _unary("atan", torch.atan, "atan(x)"),
+    _unary("cos", torch.cos, "cos(x)", _cos_derivatives),
+    _unary("sinh", sinh, "sinh(x), saturating at |x| = 10", _sinh_derivatives),
+    _unary("cosh", cosh, "cosh(x), saturating at |x| = 10", _cosh_derivatives),
+    _unary("asinh", asinh, "asinh(x)", _asinh_derivatives),
+    _unary("atan", torch.atan, "atan(x)", _atan_derivatives),
     _unary("sinc", sinc, "sin(x) / x", _sinc_derivatives),
     _unary("max0", max0, "max(x, 0)", _relu_derivatives),
-    _unary("min0", min0, "min(x, 0)"),
+    _unary("min0", min0, "min(x, 0)", _min0_derivatives),
     _unary("sigmoid", torch.sigmoid, "σ(x) = 1 / (1 + exp(-x))", _sigmoid_derivatives),
     _unary("erf", torch.erf, "erf(x)", _erf_derivatives),
-    _unary("gauss", gauss, "exp(-x²)"),
-    _unary("zero", zero, "0"),
-    _unary("one", one, "1"),
+    _unary("gauss", gauss, "exp(-x²)", _gauss_derivatives),
+    _unary("zero", zero, "0", _zero_derivatives),
+    _unary("one", one, "1", _one_derivatives),
     # Other common activations.
     _unary("mish", mish, "x · tanh(softplus(x))", _mish_derivatives),
     _unary("selu", selu, "scaled ELU (self-normalising)", _selu_derivatives),
-    _unary("softsign", softsign, "x / (1 + |x|)"),
-    _unary("leaky_relu", leaky_relu, "max(x, 0.01·x)"),
+    _unary("softsign", softsign, "x / (1 + |x|)", _softsign_derivatives),
+    _unary("leaky_relu", leaky_relu, "max(x, 0.01·x)", _leaky_relu_derivatives),
     _unary("hardtanh", F.hardtanh, "clamp(x, -1, 1)", _hardtanh_derivatives),
-    _unary("hardsigmoid", F.hardsigmoid, "relu6(x + 3) / 6"),
+    _unary("hardsigmoid", F.hardsigmoid, "relu6(x + 3) / 6", _hardsigmoid_derivatives),
     _unary("elish", elish, "x·σ(x) if x >= 0 else (exp(x) - 1)·σ(x)", _elish_derivatives),
 ]
 

@@ -126,9 +126,18 @@ def test_the_parts_slope_of_a_torch_operator_is_its_autograd_gradient(name: str)
     assert partials == ()
 
 
+def test_every_operator_but_left_knows_its_derivatives() -> None:
+    # So every binary tree of the search space trains as one node ("left" trees are unary).
+    assert sorted(WITH_PARTS) == sorted(UNARY)
+    assert sorted(BINARY_WITH_PARTS) == sorted(set(BINARY) - {"left"})
+
+
 def test_trees_without_parts_and_inference_keep_the_node_by_node_path() -> None:
     x = torch.randn(8, requires_grad=True)
-    assert "_TreeNodeBackward" not in _nodes(TreeActivation("add(x, cos(x))")(x))  # cos: no parts
+    act = TreeActivation("add(x, cos(x))")
+    assert "_TreeNodeBackward" in _nodes(act(x))
+    act.right_op = torch.nn.Tanh()  # a module without parts, e.g. an operator of another version
+    assert "_TreeNodeBackward" not in _nodes(act(x))
     with torch.no_grad():
         act = TreeActivation("max(tanhsoft1(x), srs(x))")
         assert act(x).grad_fn is None
