@@ -22,6 +22,8 @@ Like a worker, the benchmark sets malloc to keep freed memory for reuse
 (``safs_optuna.allocator``); ``--default-malloc`` leaves it as it is, where the page faults of
 fresh memory make operators with many temporaries dearer.
 
+The ``memory`` section counts what every tree keeps for its backward, in feature maps.
+
 The ``kernels`` section times single kernels on LeNet-5's largest activation tensor, with and
 without PyTorch's own vectorized code (``ATEN_CPU_CAPABILITY=default``), which tells which kernels
 an operator can be cheap with on this machine. The activations section ends with the trees above
@@ -270,6 +272,52 @@ def _over_limits(cands: dict[str, Candidate], unary: dict[str, bool]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- section: memory
+
+
+def _saved_maps(act: nn.Module, x: torch.Tensor) -> float:
+    """Memory that ``act(x)`` keeps for its backward, in tensors of x's size (x included if kept)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        act(x)
+    return sum(storages.values()) / (x.numel() * x.element_size())
+
+
+def section_memory(args: argparse.Namespace) -> str:
+    """The activation memory every tree keeps until the backward: counted, not timed."""
+    versions: dict[str, types.ModuleType] = {"after": operators}
+    if args.before:
+        versions = {"before": load_operators(args.before), "after": operators}
+    x = torch.randn(KERNEL_SHAPE, requires_grad=True)
+    lines = ["| activation |" + "".join(f" {v} |" for v in versions), "|---|" + "---:|" * len(versions)]
+    for tree in activation_trees():
+        if args.trees and tree.formula not in args.trees and tree.formula != "relu(x)":
+            continue
+        cells = []
+        for registry in versions.values():
+            act = TreeActivation(tree)
+            act.left_op = registry.UNARY[tree.left].build()
+            if act.right_op is not None:
+                act.right_op = registry.UNARY[tree.right].build()
+                act.binary_op = registry.BINARY[tree.binary].build()
+            cells.append(f" {_saved_maps(act, x):.0f} |")
+        lines.append(f"| {tree.formula} |" + "".join(cells))
+    intro = (
+        "What one activation site keeps for the backward, in feature maps of its input's size (its "
+        "input included where it is kept), counted with `torch.autograd.graph.saved_tensors_hooks` "
+        f"on a {'x'.join(map(str, KERNEL_SHAPE))} input in training. In a network this is most of "
+        "the training memory beyond the weights, and on a GPU what bounds the batch size."
+    )
+    if args.before:
+        intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
+    return "## Memory kept for the backward\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- section: kernels
 
 KERNEL_SHAPE = (BATCH, 6, 28, 28)  # LeNet-5's first activation site, the largest
@@ -441,6 +489,7 @@ def section_scaling(args: argparse.Namespace) -> str:
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "activations": section_activations,
     "kernels": section_kernels,
+    "memory": section_memory,
     "overhead": section_overhead,
     "scaling": section_scaling,
 }
