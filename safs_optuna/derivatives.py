@@ -8,9 +8,12 @@ product and one dot per parameter, by the chain rule applied in the forward:
     dy/du = dB/da · left'(u) + dB/db · right'(u)
     dy/dθ = dB/da · d left/dθ   (θ a parameter of left; likewise for right and the binary's own)
 
-Done node by node, the same tree costs three nodes, a gradient buffer per operand, the operands'
-own backward buffers and the sum of the two paths, each a fresh feature-map-sized tensor; on a
-CPU those fresh tensors, not the arithmetic, are most of a tree's cost.
+Done node by node, the same tree has three nodes, a gradient buffer per operand, the operands'
+own backward buffers and the sum of the two paths, and keeps the operands' intermediates for
+the backward. As one node it keeps only its slope and its parameter partials: about half the
+feature maps for the trees of two costly operators (``benchmarks/speed.py --sections memory``),
+which is what bounds the batch size on a GPU. The arithmetic moves to the forward rather than
+going away, so on a CPU a train step takes about as long either way.
 
 The parts protocol (all tensors the same shape as the input, ``params`` 0-dim tensors):
 

@@ -25,15 +25,15 @@ each extra elementwise pass shows in the train step (``benchmarks/speed.py``). T
 are therefore written with the cheap kernels of eager PyTorch: exp2 (for exp, where it is the
 faster kernel), log, sigmoid and arithmetic instead of expm1, log1p, tanh, softplus, sinh, asinh
 and torch.where (5-20x slower per element on CPU); clamps are ``F.hardtanh``, whose backward is
-one fused kernel where ``torch.clamp``'s builds masks; and operators whose autograd graph has
-many nodes are ``torch.autograd.Function`` with an analytic backward, most of them given by their
-*parts* (value, slope and parameter partials, see :mod:`safs_optuna.derivatives`): a tree
-``binary(unary(x), unary(x))`` of operators that all have parts trains as one autograd node
-instead of three, with one gradient buffer instead of five. They compute the same functions as the textbook formulas up to float32
-rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x);
+one fused kernel where ``torch.clamp``'s builds masks. Every operator but ``left`` also gives its
+*parts*, its value with its slope and the partials of its parameters (see
+:mod:`safs_optuna.derivatives`): the operators with several autograd nodes train through them as
+one node with an analytic backward, and a tree ``binary(unary(x), unary(x))`` trains as one node
+instead of three, keeping fewer feature maps for its backward. They compute the same functions
+as the textbook formulas up to float32 rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x);
 relative differences below 1e-6 where exp is computed as exp2).
 At the exact bound of a saturating clamp the gradient is 0 (hardtanh) rather than the inner
-slope; elsewhere gradients are the analytic ones. The Functions are first-order: a second
+slope; elsewhere gradients are the analytic ones. The nodes are first-order: a second
 derivative through them raises (they are ``once_differentiable``).
 
 ``acon``, ``srs``, ``tanhsoft1`` and ``mix`` have learnable parameters: their :attr:`Operator.factory`
