@@ -141,3 +141,23 @@ def test_trees_without_parts_and_inference_keep_the_node_by_node_path() -> None:
     with torch.no_grad():
         act = TreeActivation("max(tanhsoft1(x), srs(x))")
         assert act(x).grad_fn is None
+
+
+@pytest.mark.parametrize("formula", ["mix(tanhsoft1(x), srs(x))", "sigmoid_gate(mish(x), acon(x))",
+                                     "safe_div(erf(x), sinc(x))", "mul(x, sin(x))"])
+def test_a_tree_node_passes_gradcheck_in_float64(formula: str) -> None:
+    # Finite differences against the analytic backward, for the input, α, β and every operator
+    # parameter: independent of the operators' own formulas.
+    act = _tree(formula, learn_scale=True).double()
+    params = [p for p in act.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(24, generator=gen, dtype=torch.float64) * 6 - 3).requires_grad_(True)
+
+    names = [n for n, p in act.named_parameters() if p.requires_grad]
+
+    def f(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(act, dict(zip(names, values)), (x,))
+
+    assert "_TreeNodeBackward" in _nodes(act(x))
+    values = [p.detach().clone().requires_grad_(True) for p in params]
+    assert torch.autograd.gradcheck(f, (x, *values), eps=1e-6, atol=1e-5, rtol=1e-4)
