@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .derivatives import binary_node, unary_node
+from .derivatives import BinaryParts, UnaryParts, binary_node, unary_node
 
 __all__ = [
     "Operator",
@@ -109,19 +109,16 @@ def wants_graph(*args: Any) -> bool:
     return any(isinstance(a, Tensor) and a.requires_grad for a in args)
 
 
-def _by_parts(parts: Callable[..., Any], plain: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
+def _by_parts(parts: UnaryParts, plain: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
     """A unary operator given by its derivative parts (see :mod:`safs_optuna.derivatives`): one
     autograd node when a gradient is wanted, else ``plain(x, *params)`` (the same values)."""
     return unary_node(parts, x, *params) if wants_graph(x, *params) else plain(x, *params)
 
 
-def _binary_by_parts(parts: Callable[..., Any], plain: Callable[..., Tensor], a: Tensor, b: Tensor,
+def _binary_by_parts(parts: BinaryParts, plain: Callable[..., Tensor], a: Tensor, b: Tensor,
                      *params: Tensor) -> Tensor:
     """:func:`_by_parts` for a binary operator."""
     return binary_node(parts, a, b, *params) if wants_graph(a, b, *params) else plain(a, b, *params)
-
-
-_NO_PARAMS: tuple[Tensor, ...] = ()
 
 
 def _ones(x: Tensor) -> Tensor:
@@ -904,7 +901,7 @@ class UnaryFunction(nn.Module):
     """A parameter-free unary operator as a module; ``parts`` its derivatives, where known (see
     :mod:`safs_optuna.derivatives`)."""
 
-    def __init__(self, name: str, fn: Callable[[Tensor], Tensor], parts: Callable[..., Any] | None = None) -> None:
+    def __init__(self, name: str, fn: Callable[[Tensor], Tensor], parts: UnaryParts | None = None) -> None:
         super().__init__()
         self.name = name
         self.fn = fn
@@ -921,7 +918,7 @@ class BinaryFunction(nn.Module):
     """A parameter-free binary operator as a module; ``parts`` its derivatives, where known."""
 
     def __init__(self, name: str, fn: Callable[[Tensor, Tensor], Tensor],
-                 parts: Callable[..., Any] | None = None) -> None:
+                 parts: BinaryParts | None = None) -> None:
         super().__init__()
         self.name = name
         self.fn = fn
@@ -959,7 +956,7 @@ class Operator:
     factory: Callable[[], nn.Module] | None = None
     commutative: bool = False
     description: str = ""
-    parts: Callable[..., Any] | None = None
+    parts: UnaryParts | BinaryParts | None = None
 
     def __post_init__(self) -> None:
         if self.arity not in (1, 2):
@@ -990,7 +987,7 @@ class Operator:
 
 
 def _unary(name: str, fn: Callable[[Tensor], Tensor], description: str,
-           parts: Callable[..., Any] | None = None) -> Operator:
+           parts: UnaryParts | None = None) -> Operator:
     return Operator(name, 1, fn, description=description, parts=parts)
 
 
