@@ -301,10 +301,7 @@ def section_memory(args: argparse.Namespace) -> str:
         cells = []
         for registry in versions.values():
             act = TreeActivation(tree)
-            act.left_op = registry.UNARY[tree.left].build()
-            if act.right_op is not None:
-                act.right_op = registry.UNARY[tree.right].build()
-                act.binary_op = registry.BINARY[tree.binary].build()
+            use_operators(act, registry)
             cells.append(f" {_saved_maps(act, x):.0f} |")
         lines.append(f"| {tree.formula} |" + "".join(cells))
     intro = (

@@ -69,7 +69,7 @@ def _times(slope: Scalar, d: Scalar, shape: torch.Size) -> tuple[Scalar, bool]:
     return d * slope, _is_map(d, shape)  # a new map where d is one
 
 
-def _plus(left: tuple[Scalar, bool], right: tuple[Scalar, bool], shape: torch.Size) -> Scalar:
+def _plus(left: tuple[Scalar, bool], right: tuple[Scalar, bool]) -> Scalar:
     """left + right, in place on an owned map where there is one."""
     (lv, lown), (rv, rown) = left, right
     if lown:
@@ -111,14 +111,19 @@ def _grads(ctx, g: Tensor) -> tuple[Tensor | None, list[Tensor | None]]:
     """(the input's gradient, the parameters' gradients) of a node saved by :func:`_save`."""
     saved = list(ctx.saved_tensors)
     slope = saved.pop(0) if ctx.slope_is_tensor else ctx.slope
+    return g * slope, _param_grads(g, saved, ctx.scales)
+
+
+def _param_grads(g: Tensor, partials: list[Tensor], scales: list[Scalar | None]) -> list[Tensor | None]:
+    """Each parameter's gradient: the sum of g times its saved partial, times its scale."""
     grads: list[Tensor | None] = []
-    for scale in ctx.scales:
+    for scale in scales:
         if scale is None:
             grads.append(None)
         else:
-            sum_ = _dot(g, saved.pop(0))
+            sum_ = _dot(g, partials.pop(0))
             grads.append(sum_ if isinstance(scale, float) and scale == 1.0 else sum_ * scale)
-    return g * slope, grads
+    return grads
 
 
 class _UnaryNode(torch.autograd.Function):
@@ -151,7 +156,7 @@ class _BinaryNode(torch.autograd.Function):
     def backward(ctx, g):
         saved = list(ctx.saved_tensors)
         da, db = (saved.pop(0) if is_t else n for is_t, n in zip(ctx.d_is_tensor, ctx.d_numbers))
-        grads = [None if s is None else _dot(g, saved.pop(0)) * s for s in ctx.scales]
+        grads = _param_grads(g, saved, ctx.scales)
         ga = g * da if ctx.needs_input_grad[1] else None
         gb = g * db if ctx.needs_input_grad[2] else None
         return None, ga, gb, *grads
@@ -170,7 +175,7 @@ class _TreeNode(torch.autograd.Function):
         y, da, db, partials_y = binary(a, b, pb, wb)
         # The operands' parameter partials first: _times may write into the slopes, not into da/db.
         partials = _chain(partials_a, da, shape) + _chain(partials_b, db, shape) + tuple(partials_y)
-        slope = _plus(_times(slope_a, da, shape), _times(slope_b, db, shape), shape)
+        slope = _plus(_times(slope_a, da, shape), _times(slope_b, db, shape))
         _save(ctx, slope, partials)
         return y
 
