@@ -697,24 +697,26 @@ def safe_div(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _acon_parts(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    u = x * (p1 - p2)
-    z = u * beta
+    """(y, c, z, σ(z)) with c = p1 - p2 and z = βcx: y = (p1 - p2)·x·σ(β(p1 - p2)x) + p2·x,
+    written x·(p2 + c·σ(z)) so that no buffer holds (p1 - p2)·x."""
+    c = p1 - p2
+    z = x * (beta * c)
     s = torch.sigmoid(z)
-    return (x * p2).addcmul_(u, s), u, z, s
+    return (s * c).add_(p2).mul_(x), c, z, s
 
 
 def _acon_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
     p1, p2, beta = params
-    y, u, z, s = _acon_parts(x, p1, p2, beta)
-    # y = u σ(βu) + p2 x with u = (p1 - p2) x: dy/du = silu'(z) = σ(z)(1 + z(1 - σ(z))) with
-    # z = βu, so dy/dx = p2 + (p1 - p2) silu'(z), dy/dp1 = x silu'(z), dy/dp2 = x - dy/dp1 and
-    # dy/dβ = u² σ'(z).
-    k = z.mul_(torch.rsub(s, 1.0)).add_(1.0).mul_(s)
-    d_beta = (_aten.sigmoid_backward(u, s).mul_(u), 1.0) if want[2] else None
+    y, c, z, s = _acon_parts(x, p1, p2, beta)
+    # y = u σ(βu) + p2 x with u = cx: dy/du = silu'(z) = σ(z)(1 + z(1 - σ(z))), one kernel
+    # (silu's own backward with an upstream gradient of 1), so dy/dx = p2 + c silu'(z),
+    # dy/dp1 = x silu'(z), dy/dp2 = x - dy/dp1 and dy/dβ = u² σ'(z) = c² · x · xσ'(z).
+    k = _aten.silu_backward(_ones(x), z)
+    d_beta = (_aten.sigmoid_backward(x, s).mul_(x), c * c) if want[2] else None
     x_k = x * k if (want[0] or want[1]) else None
     d_p2 = (torch.sub(x, x_k), 1.0) if want[1] else None
     d_p1 = (x_k, 1.0) if want[0] else None
-    return y, k.mul_(p1 - p2).add_(p2), (d_p1, d_p2, d_beta)
+    return y, k.mul_(c).add_(p2), (d_p1, d_p2, d_beta)
 
 
 class ACON(nn.Module):
