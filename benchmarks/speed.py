@@ -203,19 +203,27 @@ def activation_trees() -> list[OperatorTree]:
     return trees
 
 
+def _versions(args: argparse.Namespace) -> dict[str, types.ModuleType]:
+    """The operator registries to compare: the current one, after ``--before``'s when given."""
+    if args.before:
+        return {"before": load_operators(args.before), "after": operators}
+    return {"after": operators}
+
+
+def _selected(args: argparse.Namespace) -> list[OperatorTree]:
+    """:func:`activation_trees` narrowed to ``--trees`` (relu(x), the reference, always kept)."""
+    return [t for t in activation_trees()
+            if not args.trees or t.formula in args.trees or t.formula == "relu(x)"]
+
+
 def section_activations(args: argparse.Namespace) -> str:
     """Time every tree of :func:`activation_trees`; the markdown section with the table."""
     base = sparse_lenet5()
-    versions: dict[str, types.ModuleType] = {"after": operators}
-    if args.before:
-        versions = {"before": load_operators(args.before), "after": operators}
-    wanted = set(args.trees) if args.trees else None
+    versions = _versions(args)
     cands: list[Candidate] = []
     torch.manual_seed(0)
     cands.append(Candidate("dense torch LeNet-5, nn.ReLU", "reference", so.build_model("lenet5")))
-    for tree in activation_trees():
-        if wanted is not None and tree.formula not in wanted and tree.formula != "relu(x)":
-            continue
+    for tree in _selected(args):
         for version, registry in versions.items():
             model = copy.deepcopy(base)
             set_trees(model, {site: tree for site in so.sites(model)})
@@ -290,14 +298,10 @@ def _saved_maps(act: nn.Module, x: torch.Tensor) -> float:
 
 def section_memory(args: argparse.Namespace) -> str:
     """The activation memory every tree keeps until the backward: counted, not timed."""
-    versions: dict[str, types.ModuleType] = {"after": operators}
-    if args.before:
-        versions = {"before": load_operators(args.before), "after": operators}
+    versions = _versions(args)
     x = torch.randn(KERNEL_SHAPE, requires_grad=True)
     lines = ["| activation |" + "".join(f" {v} |" for v in versions), "|---|" + "---:|" * len(versions)]
-    for tree in activation_trees():
-        if args.trees and tree.formula not in args.trees and tree.formula != "relu(x)":
-            continue
+    for tree in _selected(args):
         cells = []
         for registry in versions.values():
             act = TreeActivation(tree)
