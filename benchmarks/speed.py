@@ -360,47 +360,64 @@ print(json.dumps(out))
 """
 
 
-def _kernel_times(capability: str | None) -> dict[str, float]:
-    """Microseconds per kernel call, in a fresh process (``ATEN_CPU_CAPABILITY`` when given)."""
+# MKL held to its SSE4.2 code: about what it runs on CPUs not made by Intel.
+MKL_GENERIC = {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
+
+
+def _kernel_times(env_over: dict[str, str]) -> dict[str, float]:
+    """Microseconds per kernel call, in a fresh process with ``env_over`` in its environment."""
     import json
     import os
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if capability:
-        env["ATEN_CPU_CAPABILITY"] = capability
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_over)
     code = _KERNEL_SCRIPT.format(here=str(Path(__file__).resolve().parent))
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
-def kernel_reading(native: dict[str, float], scalar: dict[str, float]) -> tuple[list[str], tuple[float, float]]:
+def kernel_reading(native: dict[str, float], scalar: dict[str, float],
+                   generic_mkl: dict[str, float]) -> tuple[list[str], list[str], tuple[float, float]]:
     """What the kernel timings say on this machine, read off rather than stated: the
     transcendental kernels that bypass PyTorch's own vectorized code (the same time, within
-    SAME_TIME, with it disabled), and the range of their times in arithmetic passes."""
+    SAME_TIME, with it disabled), those of them that are MKL's (slower, by more than SAME_TIME,
+    with MKL held to its generic code), and the range of their times in arithmetic passes."""
     outside = [n for n in MATH_KERNELS if abs(scalar[n] / native[n] - 1) <= SAME_TIME]
+    mkl = [n for n in outside if generic_mkl[n] / native[n] - 1 > SAME_TIME]
     in_passes = [native[n] / native[PASS_KERNEL] for n in MATH_KERNELS]
-    return outside, (min(in_passes), max(in_passes))
+    return outside, mkl, (min(in_passes), max(in_passes))
 
 
 def section_kernels(args: argparse.Namespace) -> str:
-    """Single kernels on the largest activation tensor, with PyTorch's own vectorized code and
-    without it: a kernel whose time does not change is not PyTorch's vectorized code."""
-    native = _kernel_times(None)
-    scalar = _kernel_times("default")
+    """Single kernels on the largest activation tensor, with PyTorch's own vectorized code, without
+    it, and with MKL held to its generic code: a kernel whose time does not change without the
+    first is not PyTorch's vectorized code; one that slows down with the last is MKL's."""
+    from safs_optuna import operators
+
+    native = _kernel_times({})
+    scalar = _kernel_times({"ATEN_CPU_CAPABILITY": "default"})
+    generic = _kernel_times(MKL_GENERIC)
     capability = torch.backends.cpu.get_cpu_capability()
     pass_us = native[PASS_KERNEL]
-    lines = [f"| kernel | µs ({capability}) | arithmetic passes | µs (`ATEN_CPU_CAPABILITY=default`) |",
-             "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {native[name]:.0f} | {native[name] / pass_us:.1f} | {scalar[name]:.0f} |"
-              for name in KERNELS]
-    outside, (fewest, most) = kernel_reading(native, scalar)
+    lines = [f"| kernel | µs ({capability}) | arithmetic passes | µs (`ATEN_CPU_CAPABILITY=default`) "
+             "| µs (`MKL_ENABLE_INSTRUCTIONS=SSE4_2`) |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {native[name]:.0f} | {native[name] / pass_us:.1f} | {scalar[name]:.0f} "
+              f"| {generic[name]:.0f} |" for name in KERNELS]
+    outside, mkl, (fewest, most) = kernel_reading(native, scalar, generic)
+    choice = ("takes `exp` and `tanh` as they are" if operators._MKL_MATH_IS_FAST else
+              "computes `exp` as " + ("`exp2(x · log2 e)`" if operators._EXP_VIA_EXP2 else "`exp`")
+              + " and `tanh` as `2σ(2x) − 1`")
     intro = (
         f"One call on a {'x'.join(map(str, KERNEL_SHAPE))} float32 tensor (LeNet-5's largest activation, "
         f"{math.prod(KERNEL_SHAPE):,} elements), one thread, each in a fresh process; median of 7 rounds of 30 "
-        "calls. *Arithmetic passes*: the time over that of one arithmetic pass (the first row). The last "
+        "calls. *Arithmetic passes*: the time over that of one arithmetic pass (the first row). The fourth "
         "column disables PyTorch's own vectorized kernels: a kernel whose time stays the same (within "
         f"{SAME_TIME:.0%}) did not use them"
         + (f"; on this machine: {', '.join(outside)}." if outside else "; on this machine none did.")
+        + " The last column holds MKL to its SSE4.2 code, about what MKL runs on CPUs not made by Intel: "
+        "a kernel that slows down with it is MKL's"
+        + (f"; on this machine: {', '.join(mkl)}." if mkl else "; on this machine none is.")
+        + f" On this machine ({operators._cpu_vendor() or 'vendor unknown'}) the operators {choice}."
         + f" Here one arithmetic pass takes {pass_us:.0f} µs, and each of the transcendental kernels "
         f"({', '.join(MATH_KERNELS)}) the time of {fewest:.1f} to {most:.1f} passes. An "
         "operator's cost is about its kernels' times added up, forward and backward, over the 4 sites, "
@@ -417,7 +434,7 @@ KERNEL_STATE_NOTE = (
     "a real training run) than after some other kernels have run in the same process (atan2 on a "
     "large tensor is one known trigger). A long benchmark process can switch to the fast state "
     "part-way, so there the *before* column understates what these kernels cost in training; the "
-    "current operators do not use them."
+    "current operators use none of them but tanh, and tanh only on Intel CPUs with MKL, where it is fast."
 )
 
 def _quick_config(tmp: str, **overrides: object):

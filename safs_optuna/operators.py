@@ -22,16 +22,18 @@ at its data, to skip the gradient masks of clamps that no element reached).
 
 Speed: an activation runs over every element of a feature map, forward and backward, so on a CPU
 each extra elementwise pass shows in the train step (``benchmarks/speed.py``). The operators
-are therefore written with the cheap kernels of eager PyTorch: exp2 (for exp, where it is the
-faster kernel), log, sigmoid and arithmetic instead of expm1, log1p, tanh, softplus, sinh, asinh
-and torch.where (5-20x slower per element on CPU); clamps are ``F.hardtanh``, whose backward is
-one fused kernel where ``torch.clamp``'s builds masks. Every operator but ``left`` also gives its
+are therefore written with the cheap kernels of eager PyTorch: exp, log, sigmoid and arithmetic
+instead of expm1, log1p, softplus, sinh, asinh and torch.where (5-20x slower per element on CPU).
+exp and tanh themselves are fast only where MKL runs its vector code for them (Intel CPUs);
+elsewhere exp is computed as exp2 and tanh from sigmoid (see ``_MKL_MATH_IS_FAST``). Clamps are
+``F.hardtanh``, whose backward is one fused kernel where ``torch.clamp``'s builds masks. Every operator but ``left`` also gives its
 *parts*, its value with its slope and the partials of its parameters (see
 :mod:`safs_optuna.derivatives`): the operators with several autograd nodes train through them as
 one node with an analytic backward, and a tree ``binary(unary(x), unary(x))`` trains as one node
 instead of three, keeping fewer feature maps for its backward. They compute the same functions
 as the textbook formulas up to float32 rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x);
-relative differences below 1e-6 where exp is computed as exp2).
+relative differences below 1e-6 where exp is computed as exp2, and of a few 1e-7 where tanh is
+computed from sigmoid).
 At the exact bound of a saturating clamp the gradient is 0 (hardtanh) rather than the inner
 slope; elsewhere gradients are the analytic ones. The nodes are first-order: a second
 derivative through them raises (they are ``once_differentiable``).
@@ -43,6 +45,7 @@ builds a fresh module (with its own parameters) for every use; the others are pl
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -83,7 +86,28 @@ _SRS_EXP_CLAMP = 60.0
 _SRS_EPS = 1e-3
 # exp(x) = exp2(x · log2 e): see _exp.
 _LOG2_E = 1.4426950408889634
-_EXP2_IS_FAST = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
+
+
+# PyTorch sends float exp and tanh on x86 CPUs to MKL's vector math library where it is built
+# with MKL; MKL runs its AVX2/AVX-512 code for them only on Intel CPUs (about one arithmetic pass
+# per call), elsewhere a generic path 3-7x slower. Where they are fast they are used as they are;
+# elsewhere exp is exp2(x · log2 e) (PyTorch's own vectorized exp2) and tanh is 2σ(2x) - 1.
+# The choice is fixed per machine: the two ways differ by float32 rounding only.
+_SIMD = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+_MKL_MATH_IS_FAST = _SIMD and torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel"
+_EXP_VIA_EXP2 = _SIMD and not _MKL_MATH_IS_FAST
 
 
 # --- fast building blocks ----------------------------------------------------------------------
@@ -128,22 +152,29 @@ def _ones(x: Tensor) -> Tensor:
 
 
 def _exp(x: Tensor) -> Tensor:
-    """exp(x) as exp2(x · log2 e) where that kernel is the fast one, else torch.exp.
+    """exp(x), as exp2(x · log2 e) on CPUs where that is the faster kernel (see _EXP_VIA_EXP2).
 
-    On x86 CPUs PyTorch vectorizes exp2 (AVX2, AVX512) but sends float exp to the math library,
-    about 3x slower per element; on CUDA both are one instruction. The rounding of x · log2 e
-    adds a relative error below 1e-6 for |x| <= 10 (4e-6 at the clamp of 60 SRS uses).
+    The rounding of x · log2 e adds a relative error below 1e-6 for |x| <= 10 (4e-6 at the clamp
+    of 60 SRS uses). On CUDA exp is one instruction.
     """
-    if x.device.type != "cpu" or _EXP2_IS_FAST:
+    if _EXP_VIA_EXP2 and x.device.type == "cpu":
         return torch.exp2(x * _LOG2_E)
     return torch.exp(x)
 
 
 def _exp_(x: Tensor) -> Tensor:
     """:func:`_exp` in place on ``x`` (a buffer of the caller's own)."""
-    if x.device.type != "cpu" or _EXP2_IS_FAST:
+    if _EXP_VIA_EXP2 and x.device.type == "cpu":
         return x.mul_(_LOG2_E).exp2_()
     return x.exp_()
+
+
+def _tanh_of(x: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """tanh(scale · x): torch.tanh where it is a fast kernel, else 2σ(2 · scale · x) - 1
+    (sigmoid is one of PyTorch's own vectorized kernels)."""
+    if _MKL_MATH_IS_FAST or x.device.type != "cpu":
+        return torch.tanh(x) if isinstance(scale, float) and scale == 1.0 else torch.mul(x, scale).tanh_()
+    return torch.mul(x, scale * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
 def _log_sigmoid_abs(s: Tensor) -> Tensor:
@@ -161,8 +192,7 @@ def _log_sigmoid_abs(s: Tensor) -> Tensor:
 
 
 def _tanh_value(x: Tensor) -> Tensor:
-    # tanh(x) = 2σ(2x) - 1: sigmoid is one of the fastest CPU kernels, torch.tanh one of the slowest.
-    return (x * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+    return _tanh_of(x)
 
 
 def _tanh_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
@@ -224,11 +254,12 @@ def _selu_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
 
 
 def _mish_parts(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(tanh(softplus(x)), exp(x)) without tanh or softplus: with e = exp(x), n = e(e + 2),
-    tanh(log(1 + e)) = n / (n + 2). Beyond x = 20 the ratio is 1 in float32, so x is capped there."""
-    e = _exp_(torch.clamp(x, max=20.0))
-    n = (e + 2.0).mul_(e)
-    return n / (n + 2.0), e
+    """(tanh(softplus(x)), σ(x)) without tanh, softplus or exp: with p = σ(x), 1 + e^x = 1/(1 - p),
+    so tanh(log(1 + e^x)) = (1 - (1 - p)²) / (1 + (1 - p)²) = n / (2 - n) with n = p(2 - p).
+    n is computed from p, which is accurate for x -> -inf, and lies in [0, 1]: no clamp is needed."""
+    p = torch.sigmoid(x)
+    n = torch.rsub(p, 2.0).mul_(p)
+    return n.div_(torch.rsub(n, 2.0)), p
 
 
 def _mish_value(x: Tensor) -> Tensor:
@@ -236,11 +267,10 @@ def _mish_value(x: Tensor) -> Tensor:
 
 
 def _mish_derivatives(x: Tensor, params: tuple, want: tuple) -> tuple:
-    t, e = _mish_parts(x)
+    t, p = _mish_parts(x)
     y = x * t
-    # mish' = t + x σ(x) (1 - t²), σ(x) = e / (1 + e), in the buffer of e.
-    xs = e.div_(e + 1.0).mul_(x)
-    return y, _aten.tanh_backward(xs, t).add_(t), ()
+    # mish' = t + x σ(x) (1 - t²), in the buffer of σ(x).
+    return y, _aten.tanh_backward(p.mul_(x), t).add_(t), ()
 
 
 def _symlog_parts(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -839,7 +869,7 @@ class SRS(nn.Module):
 
 def _tanhsoft1_parts(x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(tanh(αx)·softplus(x), tanh(αx), softplus(x), σ(x))."""
-    t = (x * (alpha * 2.0)).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(αx), as _tanh_value
+    t = _tanh_of(x, alpha)
     sp, s = _softplus_parts(x)
     return t * sp, t, sp, s
 

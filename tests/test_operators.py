@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from safs_optuna import operators
 from safs_optuna.operators import ACON, BINARY, SRS, UNARY, Mix, Operator, TanhSoft1, get_binary, get_unary
 
 PAPER_UNARY = (
@@ -31,6 +32,28 @@ SPECIAL = [
 
 finite_floats = st.floats(min_value=-LIMIT, max_value=LIMIT, allow_nan=False, allow_infinity=False, width=32)
 few = settings(max_examples=25, deadline=None)
+
+
+# The ways exp and tanh are computed on CPU (MKL's kernels, exp2 and sigmoid, or plain exp and
+# sigmoid): each machine uses one of them, so the value tests check all of them on every machine.
+KERNEL_CHOICES = {
+    "exp and tanh": dict(_MKL_MATH_IS_FAST=True, _EXP_VIA_EXP2=False),
+    "exp2 and sigmoid": dict(_MKL_MATH_IS_FAST=False, _EXP_VIA_EXP2=True),
+    "exp and sigmoid": dict(_MKL_MATH_IS_FAST=False, _EXP_VIA_EXP2=False),
+}
+
+
+@pytest.fixture(params=list(KERNEL_CHOICES))
+def kernel_choice(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name, value in KERNEL_CHOICES[request.param].items():
+        monkeypatch.setattr(operators, name, value)
+    return request.param
+
+
+def test_fast_math_kernels_are_chosen_only_on_intel_cpus_with_mkl() -> None:
+    if operators._MKL_MATH_IS_FAST:
+        assert operators._cpu_vendor() == "GenuineIntel" and torch.backends.mkl.is_available()
+        assert not operators._EXP_VIA_EXP2
 
 
 def _check_finite(op: Operator, *inputs: torch.Tensor) -> None:
@@ -99,7 +122,7 @@ def _apply(name: str, x: torch.Tensor) -> torch.Tensor:
         return UNARY[name].build()(x)
 
 
-def test_unary_values() -> None:
+def test_unary_values(kernel_choice: str) -> None:
     x = torch.linspace(-6, 6, 241)
     torch_equivalents = {
         "relu": torch.relu, "relu6": F.relu6, "swish": F.silu, "gelu": F.gelu, "elu": F.elu,
@@ -143,7 +166,7 @@ def test_binary_values() -> None:
             torch.testing.assert_close(BINARY[name].build()(a, b), BINARY[name].build()(b, a))
 
 
-def test_saturating_operators_saturate() -> None:
+def test_saturating_operators_saturate(kernel_choice: str) -> None:
     big = torch.tensor([2e3, 5e3, 1e4])  # beyond every clamp bound
     # The same value all beyond the bound: the value at the bound (exp within float32 rounding;
     # it may be computed as exp2).
@@ -193,7 +216,7 @@ def test_the_finiteness_check_catches_unguarded_operators(unguarded) -> None:
 
 
 @pytest.mark.parametrize("name", list(UNARY))
-def test_unary_finite_on_special_values(name: str) -> None:
+def test_unary_finite_on_special_values(name: str, kernel_choice: str) -> None:
     _check_finite(UNARY[name], torch.tensor(SPECIAL, dtype=torch.float32))
 
 
@@ -355,7 +378,7 @@ def _compare(name: str, op: Operator, previous, inputs: list[torch.Tensor], para
 
 
 @pytest.mark.parametrize("name", list(PREVIOUS_UNARY))
-def test_unary_matches_its_previous_formulation(name: str) -> None:
+def test_unary_matches_its_previous_formulation(name: str, kernel_choice: str) -> None:
     for params in PARAMETER_SETTINGS.get(name, [{}]):
         _compare(name, UNARY[name], PREVIOUS_UNARY[name], [GRID], params)
 
@@ -378,7 +401,7 @@ def test_max_and_min_split_the_gradient_on_ties() -> None:
 
 
 @pytest.mark.parametrize("name", list(UNARY))
-def test_inference_path_gives_the_training_values(name: str) -> None:
+def test_inference_path_gives_the_training_values(name: str, kernel_choice: str) -> None:
     x = GRID.clone()
     module = UNARY[name].build()
     with torch.no_grad():

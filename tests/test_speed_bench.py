@@ -23,13 +23,15 @@ def test_kernel_reading_names_the_kernels_whose_time_does_not_change():
     native = _times(exp=250.0, log=300.0, sigmoid=150.0)
     scalar = {name: 5 * t for name, t in native.items()}
     scalar.update(exp=260.0, log=240.0)  # +4 %, -20 %: the same code
-    outside, (fewest, most) = speed.kernel_reading(native, scalar)
+    generic = dict(native, exp=700.0, log=320.0)  # exp slows down without MKL's fast code, log +7 %
+    outside, mkl, (fewest, most) = speed.kernel_reading(native, scalar, generic)
     assert outside == ["exp", "log"]
+    assert mkl == ["exp"]
     assert (fewest, most) == (pytest.approx(1.0), pytest.approx(3.0))  # passes of 100 µs
 
 
 def test_kernel_reading_none_outside():
     native = _times()
     scalar = {name: 3 * t for name, t in native.items()}
-    outside, _ = speed.kernel_reading(native, scalar)
-    assert outside == []
+    outside, mkl, _ = speed.kernel_reading(native, scalar, native)
+    assert outside == [] and mkl == []
