@@ -404,8 +404,8 @@ def section_kernels(args: argparse.Namespace) -> str:
     lines += [f"| {name} | {native[name]:.0f} | {native[name] / pass_us:.1f} | {scalar[name]:.0f} "
               f"| {generic[name]:.0f} |" for name in KERNELS]
     outside, mkl, (fewest, most) = kernel_reading(native, scalar, generic)
-    choice = ("takes `exp` and `tanh` as they are" if operators._MKL_MATH_IS_FAST else
-              "computes `exp` as " + ("`exp2(x · log2 e)`" if operators._EXP_VIA_EXP2 else "`exp`")
+    choice = ("take `exp` and `tanh` as they are" if operators._MKL_MATH_IS_FAST else
+              "compute `exp` as " + ("`exp2(x · log2 e)`" if operators._EXP_VIA_EXP2 else "`exp`")
               + " and `tanh` as `2σ(2x) − 1`")
     intro = (
         f"One call on a {'x'.join(map(str, KERNEL_SHAPE))} float32 tensor (LeNet-5's largest activation, "
