@@ -3,7 +3,8 @@
 Each candidate is LeNet-5 from ``safs_optuna.models``, made searchable and magnitude-pruned to
 0.99 layer-wise (``safs_optuna.sparsity.magnitude_prune``), with the same tree at every site.
 A step is a full train step on a batch of 64 random 1x28x28 inputs: forward, cross-entropy,
-backward, Adam step. The plain dense torch LeNet-5 with ``nn.ReLU`` is a reference row.
+backward, Adam step (fused, as ``safs_optuna.training.fit`` takes it). The plain dense torch
+LeNet-5 with ``nn.ReLU`` is a reference row.
 
 The machine is shared and noisy, so a step is timed in CPU time of the benchmark thread
 (``time.thread_time``; with one torch thread the whole step, backward included, runs on it), which
@@ -61,6 +62,7 @@ from safs_optuna.activation import OperatorTree, TreeActivation
 from safs_optuna.allocator import retain_freed_memory
 from safs_optuna.models import set_trees
 from safs_optuna.space import ActivationSpace
+from safs_optuna.training import fused_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64
@@ -87,7 +89,7 @@ class Candidate:
 
     def __post_init__(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=1e-3)
+        self.optimizer = fused_optimizer(torch.optim.Adam, params, lr=1e-3)  # as training.fit's
 
     @property
     def median_ms(self) -> float:
@@ -247,7 +249,7 @@ def section_activations(args: argparse.Namespace) -> str:
         lines.append(f"| {label} |{cells}")
     intro = (
         "Sparse LeNet-5 (0.99 layer-wise magnitude), the same tree at all 4 sites, batch 64 of 1x28x28, "
-        "one train step (forward, cross-entropy, backward, Adam step), eager. "
+        "one train step (forward, cross-entropy, backward, fused Adam step, as in training), eager. "
         f"CPU time of the benchmark thread over {args.repeats} interleaved rounds of {args.steps} steps "
         "per candidate; ms/step: the median over rounds. "
         "Ratio: the step time over that of a separate relu(x) model timed just before and just after "
@@ -317,6 +319,48 @@ def section_memory(args: argparse.Namespace) -> str:
     if args.before:
         intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
     return "## Memory kept for the backward\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- section: optimizer
+
+# relu(x), the costliest operators with learnable parameters, and two trees of them.
+OPTIMIZER_TREES = ("relu(x)", "acon(x)", "srs(x)", "tanhsoft1(x)", "mish(x)", "mix(tanhsoft1(x), srs(x))",
+                   "max(mish(x), acon(x))")
+
+
+def section_optimizer(args: argparse.Namespace) -> str:
+    """The train step with torch's default Adam step against the fused one training uses."""
+    base = sparse_lenet5()
+    cands: list[Candidate] = []
+    for formula in args.trees or OPTIMIZER_TREES:
+        for kind in ("default", "fused"):
+            model = copy.deepcopy(base)
+            set_trees(model, {site: OperatorTree.parse(formula) for site in so.sites(model)})
+            c = Candidate(formula, kind, model)
+            if kind == "default":
+                c.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+            cands.append(c)
+    reference = copy.deepcopy(base)
+    set_trees(reference, {site: OperatorTree.unary("relu") for site in so.sites(reference)})
+    beside = Candidate("relu(x), fused step", "reference", reference)
+    print(f"optimizer: {len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
+    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside)
+    by = {(c.label, c.group): c for c in cands}
+    lines = ["| activation | default step, ms | fused step, ms | saved | default, ratio | fused, ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label in dict.fromkeys(c.label for c in cands):
+        d, f = by[(label, "default")], by[(label, "fused")]
+        lines.append(f"| {label} | {d.median_ms:.2f} | {f.median_ms:.2f} | {1 - f.median_ms / d.median_ms:.0%} "
+                     f"| {d.ratio:.2f} | {f.ratio:.2f} |")
+    intro = (
+        "The train step of the activations section with `torch.optim.Adam`'s default step (on a CPU one "
+        "parameter after another) and with its fused step (`fused=True`, what training uses where torch "
+        "has one). The learnable operators add 0-dim parameters (3 per site for `acon`, 2 for `srs`, 1 for "
+        f"`tanhsoft1`), each a dozen small ops in the default step. {args.repeats} interleaved rounds of "
+        f"{args.steps} steps; ratio: over a `relu(x)` model with the fused step timed beside each candidate "
+        "(so the relu(x) row's default ratio is what the fused step saves on it)."
+    )
+    return "## Optimizer step\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- section: kernels
@@ -530,6 +574,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "memory": section_memory,
     "overhead": section_overhead,
     "scaling": section_scaling,
+    "optimizer": section_optimizer,
 }
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "Evaluation",
     "fit",
     "evaluate",
+    "fused_optimizer",
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw", "rmsprop")
@@ -272,15 +273,33 @@ def evaluate(
 
 def _make_optimizer(params: list[nn.Parameter], hp: HParams) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+        return fused_optimizer(
+            torch.optim.SGD, params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
             nesterov=hp.nesterov,
         )
     if hp.optimizer == "adam":
-        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return fused_optimizer(torch.optim.Adam, params, lr=hp.lr, weight_decay=hp.weight_decay)
     if hp.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-    return torch.optim.RMSprop(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return fused_optimizer(torch.optim.AdamW, params, lr=hp.lr, weight_decay=hp.weight_decay)
+    return torch.optim.RMSprop(params, lr=hp.lr, weight_decay=hp.weight_decay, foreach=True)
+
+
+# Devices with a fused step for SGD, Adam and AdamW (CPUs since torch 2.4; 2.5 to be safe).
+_FUSED_DEVICES = ("cpu", "cuda") if torch.torch_version.TorchVersion(torch.__version__) >= "2.5" else ()
+
+
+def fused_optimizer(cls: type[torch.optim.Optimizer], params: list[nn.Parameter],
+                     **kwargs: Any) -> torch.optim.Optimizer:
+    """``cls`` with its fused step where this torch has one for the parameters' device, else with
+    its multi-tensor (foreach) step.
+
+    The default step on a CPU takes one parameter after another, a dozen small ops each: the
+    learnable operators add many 0-dim parameters, and LeNet-5's optimizer step took about a
+    tenth of its train step that way. The fused step computes the same update up to float rounding.
+    """
+    if params and all(p.device.type in _FUSED_DEVICES and p.is_floating_point() for p in params):
+        return cls(params, fused=True, **kwargs)
+    return cls(params, foreach=True, **kwargs)
 
 
 def _lr_factor(schedule: str, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:

@@ -240,6 +240,42 @@ def test_keeps_best_weights_of_a_sparsified_model(splits: Splits) -> None:
     assert evaluate(model, splits.val).accuracy == result.best_val_accuracy
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_optimizers_step_in_one_kernel_where_torch_has_one(optimizer: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    params = [nn.Parameter(torch.randn(5)), nn.Parameter(torch.tensor(1.0))]
+    opt = training._make_optimizer(params, HParams(optimizer=optimizer, lr=0.1))
+    fused = optimizer != "rmsprop"  # RMSprop has no fused step
+    assert opt.defaults.get("fused") is (True if fused else None)
+    assert opt.defaults["foreach"] is (None if fused else True)
+    monkeypatch.setattr(training, "_FUSED_DEVICES", ())  # a torch or device without fused steps
+    opt = training._make_optimizer(params, HParams(optimizer=optimizer, lr=0.1))
+    assert not opt.defaults.get("fused") and opt.defaults["foreach"] is True
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_the_fused_step_is_the_default_step_up_to_rounding(optimizer: str) -> None:
+    hp = HParams(optimizer=optimizer, lr=0.05, momentum=0.9 if optimizer == "sgd" else 0.0, weight_decay=0.01)
+    start = [torch.randn(7, 3, generator=torch.Generator().manual_seed(1)), torch.tensor(0.7)]
+    grads = [torch.randn(7, 3, generator=torch.Generator().manual_seed(2)), torch.tensor(-0.3)]
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    results = []
+    for make in (lambda ps: training._make_optimizer(ps, hp),
+                 lambda ps: cls(ps, lr=hp.lr, weight_decay=hp.weight_decay,
+                                **({"momentum": hp.momentum} if optimizer == "sgd" else {}))):
+        ps = [nn.Parameter(t.clone()) for t in start]
+        opt = make(ps)
+        for _ in range(3):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in ps])
+    assert training._make_optimizer([nn.Parameter(torch.zeros(1))], hp).defaults["fused"]
+    for fused, default, before in zip(*results, start):
+        assert not torch.equal(fused, before)  # the steps moved it
+        torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-6)
+
+
 def test_only_trainable_parameters_change(splits: Splits) -> None:
     model = mlp()
     model[1].weight.requires_grad_(False)
