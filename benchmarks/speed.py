@@ -195,6 +195,22 @@ def sparse_lenet5(seed: int = 0) -> nn.Module:
     return model
 
 
+def with_tree(base: nn.Module, tree: OperatorTree) -> nn.Module:
+    """A copy of ``base`` with ``tree`` at every site."""
+    model = copy.deepcopy(base)
+    set_trees(model, {site: tree for site in so.sites(model)})
+    return model
+
+
+def time_beside_relu(cands: list[Candidate], base: nn.Module, args: argparse.Namespace, label: str) -> Candidate:
+    """Time ``cands`` in interleaved rounds beside a relu(x) copy of ``base`` (see
+    :func:`time_rounds`); that reference, named ``label``."""
+    beside = Candidate(label, "reference", with_tree(base, OperatorTree.unary("relu")))
+    print(f"{len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
+    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside)
+    return beside
+
+
 def activation_trees() -> list[OperatorTree]:
     """Every unary of the presets (``core`` holds them all) and the sample of binary trees."""
     unary = list(dict.fromkeys(u for p in ActivationSpace.PRESETS for u in ActivationSpace.preset(p).unary))
@@ -227,15 +243,10 @@ def section_activations(args: argparse.Namespace) -> str:
     cands.append(Candidate("dense torch LeNet-5, nn.ReLU", "reference", so.build_model("lenet5")))
     for tree in _selected(args):
         for version, registry in versions.items():
-            model = copy.deepcopy(base)
-            set_trees(model, {site: tree for site in so.sites(model)})
+            model = with_tree(base, tree)
             use_operators(model, registry)
             cands.append(Candidate(tree.formula, version, model))
-    reference = copy.deepcopy(base)
-    set_trees(reference, {site: OperatorTree.unary("relu") for site in so.sites(reference)})
-    beside = Candidate("relu(x), timed beside every candidate", "reference", reference)
-    print(f"activations: {len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
-    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside)
+    beside = time_beside_relu(cands, base, args, "relu(x), timed beside every candidate")
 
     by = {(c.label, c.group): c for c in cands}
     labels = list(dict.fromkeys(c.label for c in cands if c.group != "reference"))
@@ -334,17 +345,12 @@ def section_optimizer(args: argparse.Namespace) -> str:
     cands: list[Candidate] = []
     for formula in args.trees or OPTIMIZER_TREES:
         for kind in ("default", "fused"):
-            model = copy.deepcopy(base)
-            set_trees(model, {site: OperatorTree.parse(formula) for site in so.sites(model)})
+            model = with_tree(base, OperatorTree.parse(formula))
             c = Candidate(formula, kind, model)
             if kind == "default":
                 c.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
             cands.append(c)
-    reference = copy.deepcopy(base)
-    set_trees(reference, {site: OperatorTree.unary("relu") for site in so.sites(reference)})
-    beside = Candidate("relu(x), fused step", "reference", reference)
-    print(f"optimizer: {len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
-    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside)
+    time_beside_relu(cands, base, args, "relu(x), fused step")
     by = {(c.label, c.group): c for c in cands}
     lines = ["| activation | default step, ms | fused step, ms | saved | default, ratio | fused, ratio |",
              "|---|---:|---:|---:|---:|---:|"]
