@@ -26,9 +26,10 @@ are therefore written with the cheap kernels of eager PyTorch: exp, log, sigmoid
 instead of expm1, log1p, softplus, sinh, asinh and torch.where (5-20x slower per element on CPU).
 exp and tanh themselves are fast only where MKL runs its vector code for them (Intel CPUs);
 elsewhere exp is computed as exp2 and tanh from sigmoid (see ``_MKL_MATH_IS_FAST``). Clamps are
-``F.hardtanh``, whose backward is one fused kernel where ``torch.clamp``'s builds masks. Every operator but ``left`` also gives its
-*parts*, its value with its slope and the partials of its parameters (see
-:mod:`safs_optuna.derivatives`): the operators with several autograd nodes train through them as
+``F.hardtanh``, whose backward is one fused kernel where ``torch.clamp``'s builds masks.
+
+Every operator but ``left`` also gives its *parts*, its value with its slope and the partials of
+its parameters (see :mod:`safs_optuna.derivatives`): the operators with several autograd nodes train through them as
 one node with an analytic backward, and a tree ``binary(unary(x), unary(x))`` trains as one node
 instead of three, keeping fewer feature maps for its backward. They compute the same functions
 as the textbook formulas up to float32 rounding (absolute differences of about 1e-7 near 0, where e.g. exp(x) - 1 replaces expm1(x);
@@ -169,10 +170,15 @@ def _exp_(x: Tensor) -> Tensor:
     return x.exp_()
 
 
+def _tanh_is_fast(x: Tensor) -> bool:
+    """Whether torch.tanh is a fast kernel for ``x``: on GPUs, and on CPUs where MKL's is."""
+    return _MKL_MATH_IS_FAST or x.device.type != "cpu"
+
+
 def _tanh_of(x: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     """tanh(scale · x): torch.tanh where it is a fast kernel, else 2σ(2 · scale · x) - 1
     (sigmoid is one of PyTorch's own vectorized kernels)."""
-    if _MKL_MATH_IS_FAST or x.device.type != "cpu":
+    if _tanh_is_fast(x):
         return torch.tanh(x) if isinstance(scale, float) and scale == 1.0 else torch.mul(x, scale).tanh_()
     return torch.mul(x, scale * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
@@ -416,7 +422,7 @@ def _cosh_value(x: Tensor) -> Tensor:
 
 def tanh(x: Tensor) -> Tensor:
     """tanh(x)."""
-    if _MKL_MATH_IS_FAST or x.device.type != "cpu":
+    if _tanh_is_fast(x):
         return torch.tanh(x)  # one fast kernel each way; the parts would add a pass for the slope
     return _by_parts(_tanh_derivatives, _tanh_value, x)
 

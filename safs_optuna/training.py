@@ -289,7 +289,7 @@ _FUSED_DEVICES = ("cpu", "cuda") if torch.torch_version.TorchVersion(torch.__ver
 
 
 def fused_optimizer(cls: type[torch.optim.Optimizer], params: list[nn.Parameter],
-                     **kwargs: Any) -> torch.optim.Optimizer:
+                    **kwargs: Any) -> torch.optim.Optimizer:
     """``cls`` with its fused step where this torch has one for the parameters' device, else with
     its multi-tensor (foreach) step.
 
