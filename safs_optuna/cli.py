@@ -255,16 +255,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         logfile = open(path, "a", buffering=1)
         print(f"safs-optuna: per-epoch progress of every worker goes to {path}", file=sys.stderr)
-        # Optuna's own lines (a trial failed, with its traceback on Ctrl-C) go with the workers'
-        # lines, as those of the worker processes do: the terminal keeps the live view.
+        # The libraries' log lines (Optuna's: a trial failed, with its traceback on Ctrl-C;
+        # SQLAlchemy's: a connection interrupted while it was being returned) go with the workers'
+        # lines, as those of the worker processes do: the terminal keeps the live view. Without a
+        # handler on the root logger, Python would print them to the terminal.
         import logging
 
         import optuna
 
         optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
         handler = logging.StreamHandler(logfile)
         handler.setFormatter(logging.Formatter("[%(levelname)1.1s %(asctime)s] %(message)s"))
-        logging.getLogger("optuna").addHandler(handler)
+        logging.getLogger().addHandler(handler)
     log = (lambda msg: print(msg, file=logfile, flush=True)) if logfile else None
     pipes = [_pipeline(c, log=log) for c in cfgs]
     for pipe in pipes:
