@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared session on a GPU machine (16 cores, one GPU, no network): the GPU figures, stacked
+# One prepared session on a GPU machine (16 cores, one GPU, no network): the GPU figures (the
+# activation table and the candidate epochs of LeNet-5, VGG-16 and ResNet-18), stacked
 # stage-1 candidates against separate ones, the quick start on CUDA, and the search-signal benchmark
 # (quick start on the CPUs, full Fashion-MNIST on the GPU). Expects, in the repository root: .whl/
 # (optuna and its pure-Python needs, for a machine without them), .before/safs_optuna (the package
@@ -17,7 +18,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 nvidia-smi -L; nproc; python3 -c "import torch, optuna; print(torch.__version__, optuna.__version__)"
 LIMIT=${LIMIT:-450}
 start=$(date +%s)
-timeout 90 python3 benchmarks/gpu_epochs.py --device cuda --out "$OUT/gpu_epochs.md"
+timeout 150 python3 benchmarks/speed.py --sections device --device cuda --repeats 5 --out "$OUT/speed_gpu.md"
 timeout 120 python3 benchmarks/stacked_candidates.py --device cuda --out "$OUT/stacked_candidates.md"
 timeout $((LIMIT - $(date +%s) + start)) python3 benchmarks/search_signal.py --datasets quickstart --jobs 12 \
   --before-checkout "$PWD/.before" --workdir "$OUT/signal" --out "$OUT/search_signal_quickstart.md" \

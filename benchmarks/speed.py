@@ -30,6 +30,10 @@ without PyTorch's own vectorized code (``ATEN_CPU_CAPABILITY=default``), which t
 an operator can be cheap with on this machine. The activations section ends with the trees above
 their limits (a unary operator 1.3x relu(x), a binary tree 1.6x).
 
+The ``device`` section (run by default where there is a GPU) gives the GPU figures: the
+activations table on ``--device``, timed in wall time once the device has finished each block, and a
+stage-1 candidate's epoch on LeNet-5, VGG-16 and ResNet-18 there, with relu(x) and with one tree.
+
 Writes benchmarks/results/speed.md (``--out``).
 
     python benchmarks/speed.py --threads 1 --repeats 7 [--before REF] [--sections activations]
@@ -63,6 +67,8 @@ from safs_optuna.allocator import retain_freed_memory
 from safs_optuna.models import set_trees
 from safs_optuna.space import ActivationSpace
 from safs_optuna.training import fused_optimizer
+
+from bench_args import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64
@@ -114,27 +120,45 @@ def train_step(c: Candidate, x: torch.Tensor, y: torch.Tensor) -> None:
     c.optimizer.step()
 
 
+def step_clock(device: str) -> Callable[[], float]:
+    """Seconds, read where a block of steps starts and ends. On a CPU the CPU time of this thread
+    (with one torch thread the whole step runs on it; time waiting for a shared core is not
+    counted); on an accelerator the wall time once its queued kernels have finished, since the
+    host's CPU time would count only their launches."""
+    if torch.device(device).type == "cpu":
+        return time.thread_time
+    # torch.accelerator (any device type) from torch 2.6; the CUDA call before it
+    synchronize = torch.accelerator.synchronize if hasattr(torch, "accelerator") else torch.cuda.synchronize
+
+    def clock() -> float:
+        synchronize()
+        return time.perf_counter()
+
+    return clock
+
+
 def time_rounds(cands: list[Candidate], repeats: int, steps: int, warmup: int, seed: int,
-                reference: Candidate | None = None) -> None:
+                reference: Candidate | None = None, device: str = "cpu") -> None:
     """Append to every candidate's ``times`` its mean step time in each of ``repeats`` rounds.
 
     With a ``reference``, every candidate's block of steps lies between two blocks of the
     reference, and each round also appends to its ``ratios`` its step time over the mean of those
-    two: the drift of the machine's speed cancels in the ratio.
+    two: the drift of the machine's speed cancels in the ratio. The models must be on ``device``.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(BATCH, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (BATCH,), generator=gen)
+    x = torch.randn(BATCH, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, 10, (BATCH,), generator=gen).to(device)
+    clock = step_clock(device)
     order = list(cands)
     rng = random.Random(seed)
 
     def block(c: Candidate) -> float:
         for _ in range(warmup):
             train_step(c, x, y)
-        start = time.thread_time()
+        start = clock()
         for _ in range(steps):
             train_step(c, x, y)
-        seconds = (time.thread_time() - start) / steps
+        seconds = (clock() - start) / steps
         c.times.append(seconds)
         return seconds
 
@@ -202,12 +226,13 @@ def with_tree(base: nn.Module, tree: OperatorTree) -> nn.Module:
     return model
 
 
-def time_beside_relu(cands: list[Candidate], base: nn.Module, args: argparse.Namespace, label: str) -> Candidate:
-    """Time ``cands`` in interleaved rounds beside a relu(x) copy of ``base`` (see
+def time_beside_relu(cands: list[Candidate], base: nn.Module, args: argparse.Namespace, label: str,
+                     device: str = "cpu") -> Candidate:
+    """Time ``cands`` (on ``device``) in interleaved rounds beside a relu(x) copy of ``base`` (see
     :func:`time_rounds`); that reference, named ``label``."""
-    beside = Candidate(label, "reference", with_tree(base, OperatorTree.unary("relu")))
-    print(f"{len(cands)} candidates, {args.repeats} rounds", file=sys.stderr)
-    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside)
+    beside = Candidate(label, "reference", with_tree(base, OperatorTree.unary("relu")).to(device))
+    print(f"{len(cands)} candidates, {args.repeats} rounds on {device}", file=sys.stderr)
+    time_rounds(cands, args.repeats, args.steps, args.warmup, args.seed, reference=beside, device=device)
     return beside
 
 
@@ -234,19 +259,20 @@ def _selected(args: argparse.Namespace) -> list[OperatorTree]:
             if not args.trees or t.formula in args.trees or t.formula == "relu(x)"]
 
 
-def section_activations(args: argparse.Namespace) -> str:
-    """Time every tree of :func:`activation_trees`; the markdown section with the table."""
+def activation_table(args: argparse.Namespace, device: str) -> tuple[str, str, Candidate]:
+    """Time every tree of :func:`activation_trees` (``--trees``) on ``device``: the markdown table,
+    the line per kind of the trees above their limits, and the relu(x) reference."""
     base = sparse_lenet5()
     versions = _versions(args)
     cands: list[Candidate] = []
     torch.manual_seed(0)
-    cands.append(Candidate("dense torch LeNet-5, nn.ReLU", "reference", so.build_model("lenet5")))
+    cands.append(Candidate("dense torch LeNet-5, nn.ReLU", "reference", so.build_model("lenet5").to(device)))
     for tree in _selected(args):
         for version, registry in versions.items():
             model = with_tree(base, tree)
             use_operators(model, registry)
-            cands.append(Candidate(tree.formula, version, model))
-    beside = time_beside_relu(cands, base, args, "relu(x), timed beside every candidate")
+            cands.append(Candidate(tree.formula, version, model.to(device)))
+    beside = time_beside_relu(cands, base, args, "relu(x), timed beside every candidate", device)
 
     by = {(c.label, c.group): c for c in cands}
     labels = list(dict.fromkeys(c.label for c in cands if c.group != "reference"))
@@ -258,6 +284,14 @@ def section_activations(args: argparse.Namespace) -> str:
     for label in labels:
         cells = "".join(f" {by[(label, v)].median_ms:.2f} | {by[(label, v)].ratio:.2f} |" for v in versions)
         lines.append(f"| {label} |{cells}")
+    after = {label: by[(label, "after")] for label in labels}
+    summary = _over_limits(after, {t.formula: t.is_unary for t in activation_trees()})
+    return "\n".join(lines), summary, beside
+
+
+def section_activations(args: argparse.Namespace) -> str:
+    """Time every tree of :func:`activation_trees` on the CPU; the markdown section with the table."""
+    table, summary, beside = activation_table(args, "cpu")
     intro = (
         "Sparse LeNet-5 (0.99 layer-wise magnitude), the same tree at all 4 sites, batch 64 of 1x28x28, "
         "one train step (forward, cross-entropy, backward, fused Adam step, as in training), eager. "
@@ -269,10 +303,7 @@ def section_activations(args: argparse.Namespace) -> str:
     )
     if args.before:
         intro += f" *before*: operators of commit `{args.before}`; *after*: the current operators."
-    after = {label: by[(label, "after")] for label in labels}
-    summary = _over_limits(after, {t.formula: t.is_unary for t in activation_trees()})
-    return ("## Activations\n\n" + intro + "\n\n" + "\n".join(lines) + "\n\n" + summary + "\n\n"
-            + KERNEL_STATE_NOTE + "\n")
+    return "## Activations\n\n" + intro + "\n\n" + table + "\n\n" + summary + "\n\n" + KERNEL_STATE_NOTE + "\n"
 
 
 # The targets: a unary operator at most 1.3x relu(x), a binary tree of two at most 1.6x.
@@ -367,6 +398,44 @@ def section_optimizer(args: argparse.Namespace) -> str:
         "(so the relu(x) row's default ratio is what the fused step saves on it)."
     )
     return "## Optimizer step\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- section: device
+
+
+def section_device(args: argparse.Namespace) -> str:
+    """The figures on ``--device`` (a GPU): the activation table, and a stage-1 candidate's epoch
+    on LeNet-5, VGG-16 and ResNet-18, with relu(x) and with ``--epoch-tree`` at every site."""
+    from gpu_epochs import MODELS, epoch_seconds
+
+    device = args.device
+    table, summary, beside = activation_table(args, device)
+    intro = (
+        f"On {device_name(device)} (`{device}`): the activations section's train steps, each block of "
+        f"{args.steps} steps timed "
+        + ("in CPU time of the benchmark thread" if torch.device(device).type == "cpu" else
+           "in wall time once the device has finished it (the host's CPU time would count only the kernel "
+           "launches)")
+        + ", over "
+        f"{args.repeats} interleaved rounds, every candidate beside a relu(x) model (the reference itself: "
+        f"{beside.median_ms:.2f} ms/step)."
+    )
+    epoch_rows = ["| model | input | train images | batch | s per epoch, relu(x) | s per epoch, "
+                  f"`{args.epoch_tree}` | ratio |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name in args.epoch_models:
+        c, size, images, batch = MODELS[name]
+        relu_s, _ = epoch_seconds(name, device, "relu(x)")
+        tree_s, _ = epoch_seconds(name, device, args.epoch_tree)
+        epoch_rows.append(f"| {name} | {c}×{size}×{size} | {images} | {batch} | {relu_s:.3f} | {tree_s:.3f} "
+                          f"| {tree_s / relu_s:.2f} |")
+        print(epoch_rows[-1], file=sys.stderr)
+    epochs = (
+        "A stage-1 candidate's epoch (training with Adam and the validation pass, `safs_optuna.fit`) at 99 % "
+        "layer-wise sparsity on synthetic data of the model's input size, after one warm-up epoch "
+        "(`benchmarks/gpu_epochs.py` times the same with one tree)."
+    )
+    return (f"## On {device}\n\n{intro}\n\n{table}\n\n{summary}\n\n### Candidate epochs\n\n{epochs}\n\n"
+            + "\n".join(epoch_rows) + "\n")
 
 
 # ----------------------------------------------------------------------------- section: kernels
@@ -581,7 +650,21 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "overhead": section_overhead,
     "scaling": section_scaling,
     "optimizer": section_optimizer,
+    "device": section_device,
 }
+# Sections run by default: all, the device's only where there is a GPU.
+DEFAULT_SECTIONS = [name for name in SECTIONS if name != "device" or torch.cuda.is_available()]
+
+
+def _device(text: str) -> str:
+    """``--device``: a torch device this machine has."""
+    try:
+        kind = torch.device(text).type
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device (valid here: cpu)")
+    return text
 
 
 def machine() -> str:
@@ -603,7 +686,13 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--sections", nargs="+", default=DEFAULT_SECTIONS, choices=list(SECTIONS),
+                    help="default: all but device, and device too where there is a GPU")
+    ap.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the device section trains (default: cuda where there is a GPU)")
+    ap.add_argument("--epoch-models", nargs="*", default=["lenet5", "vgg16", "resnet18"],
+                    choices=["lenet5", "vgg16", "resnet18"], help="models of the device section's epoch table")
+    ap.add_argument("--epoch-tree", default="add(x, sin(x))", help="the tree of the device section's epoch table")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median over them)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per candidate and round")
