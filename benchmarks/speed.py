@@ -34,7 +34,8 @@ The ``device`` section (run by default where there is a GPU) gives the GPU figur
 activations table on ``--device``, timed in wall time once the device has finished each block, and a
 stage-1 candidate's epoch on LeNet-5, VGG-16 and ResNet-18 there, with relu(x) and with one tree.
 
-Writes benchmarks/results/speed.md (``--out``).
+Writes benchmarks/results/speed.md (``--out``; a run of other sections than the default ones
+writes speed_<sections>.md).
 
     python benchmarks/speed.py --threads 1 --repeats 7 [--before REF] [--sections activations]
 """
@@ -684,6 +685,13 @@ def machine() -> str:
     )
 
 
+def default_out(sections: list[str]) -> Path:
+    """Where a run writes without ``--out``: speed.md for the default sections, else a file named
+    for its sections, so that a partial run leaves the full table as it is."""
+    name = "speed" if sections == DEFAULT_SECTIONS else "speed_" + "_".join(sections)
+    return ROOT / "benchmarks" / "results" / f"{name}.md"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", nargs="+", default=DEFAULT_SECTIONS, choices=list(SECTIONS),
@@ -703,10 +711,13 @@ def main() -> None:
     ap.add_argument("--trees", nargs="*", help="only these formulas (relu(x) is always timed)")
     ap.add_argument("--overhead-trials", type=int, default=8, help="candidates timed by the overhead section")
     ap.add_argument("--scaling-trials", type=int, default=12, help="candidates per run of the scaling section")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/speed.md for the default sections, "
+                    "speed_<sections>.md for others (a partial run does not overwrite the full table)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave the C library's malloc as it is (workers keep freed memory for reuse)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = default_out(args.sections)
     torch.set_num_threads(args.threads)
     malloc = "default" if args.default_malloc else (
         "freed memory kept for reuse, as in a worker" if retain_freed_memory() else "default (not glibc)")

@@ -76,3 +76,10 @@ def test_device_option_names_what_this_machine_has(monkeypatch):
 def test_device_section_runs_by_default_only_with_a_gpu():
     assert ("device" in speed.DEFAULT_SECTIONS) == speed.torch.cuda.is_available()
     assert [s for s in speed.DEFAULT_SECTIONS if s != "device"] == [s for s in speed.SECTIONS if s != "device"]
+
+
+def test_a_partial_run_does_not_overwrite_the_full_table():
+    results = speed.ROOT / "benchmarks" / "results"
+    assert speed.default_out(list(speed.DEFAULT_SECTIONS)) == results / "speed.md"
+    assert speed.default_out(["device"]) == results / "speed_device.md"
+    assert speed.default_out(["overhead", "scaling"]) == results / "speed_overhead_scaling.md"
