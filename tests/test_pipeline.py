@@ -234,7 +234,11 @@ def test_ctrl_c_on_a_terminal_stops_every_worker_in_one_line_and_the_run_resumes
     import pty
     import select
 
+    # 3-epoch candidates (about 1.5 s each): the workers' trials overlap long enough to be seen
+    # running together, however late the second worker joins.
     path = _slower_search(write_config(tmp_path, trials=6))
+    head, sep, rest = path.read_text().partition("[activations]\n")
+    path.write_text(head + sep + rest.replace("epochs = 1", "epochs = 3", 1))
     cfg = load_config(path)
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own with the pty as its terminal
@@ -255,12 +259,22 @@ def test_ctrl_c_on_a_terminal_stops_every_worker_in_one_line_and_the_run_resumes
         except KeyError:
             return False
 
+    status: list[int] = []
+
+    def running() -> bool:  # the child not yet exited (reaped once, here)
+        if not status:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status.append(code)
+        return not status
+
     deadline = time.time() + 300
-    while time.time() < deadline and not both_searching():
+    while time.time() < deadline and running() and not both_searching():
         read(0.1)
+    assert running(), "the run finished before both workers were seen in a trial: " + out.decode(errors="replace")[-1500:]
     os.killpg(os.getpgid(pid), signal.SIGINT)  # what the terminal's Ctrl-C does
     deadline = time.time() + 60
-    while time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+    while time.time() < deadline and running():
         read(0.1)
     for _ in range(20):
         read(0.05)
