@@ -23,10 +23,20 @@ from .space import ActivationSpace
 from .sparsity import finalize, magnitude_prune, sparsity_report
 from .training import Diverged, DivergedError, HParams, evaluate, fit
 
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+    # ``run`` (the whole pipeline) is loaded on first use: importing the plugin pieces alone
+    # should not load the pipeline, the storage and the CLI's dependencies.
+    if name == "run":
+        from .pipeline.launch import run
+
+        return run
+    raise AttributeError(f"module 'safs_optuna' has no attribute {name!r}")
+
 # ``Diverged`` is importable as a deprecated alias of DivergedError but left out of __all__.
 __all__ = [
     "BINARY", "MODELS", "UNARY", "ActivationSpace", "DivergedError", "DivergencePruner", "HParams",
     "IncumbentPruner", "LAHCSampler", "OperatorTree", "PositionSeededSampler", "TreeActivation",
     "build_model", "chance_band", "data", "evaluate", "finalize", "fit", "magnitude_prune",
-    "make_searchable", "sites", "sparsity_report", "trial_score",
+    "make_searchable", "run", "sites", "sparsity_report", "trial_score",
 ]

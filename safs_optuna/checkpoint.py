@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from .activation import OperatorTree
 from .models import build_model, make_searchable, set_trees, sites
-from .sparsity import finalize, restore_masks
+from .sources import is_import_path
+from .sparsity import finalize, prunable_modules, restore_masks
 
 FORMAT = "safs-optuna/1"
 
@@ -63,8 +64,16 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike[str], build: Callable[[], nn.Module] | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved by :func:`save_checkpoint`; returns it (on CPU) and the dict.
+
+    Args:
+        path: The file.
+        build: Returns the network with plain activations, as the study's config builds it. Needed
+            for a network from user code (``"<module>:<callable>"``): the file's own ``arch`` is
+            never imported, so a file cannot make this process run code. Without it, ``arch``
+            must name a built-in, torchvision or timm model.
 
     Raises:
         CheckpointError: The file is missing, damaged, truncated, or not a safs-optuna
@@ -86,8 +95,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
                               f"{again}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a safs-optuna checkpoint (format {FORMAT})")
+    if build is None and is_import_path(str(ckpt.get("arch", {}).get("name", ""))):
+        raise CheckpointError(f"{path} holds a network from user code ({ckpt['arch']['name']}); load it "
+                              "with load_checkpoint(path, build=<the function that builds it>)")
     try:
-        model = make_searchable(build_model(**ckpt["arch"]))
+        model = make_searchable(build() if build is not None else build_model(**ckpt["arch"]))
         trees = {site: OperatorTree.parse(f) for site, f in ckpt["formulas"].items()}
         set_trees(model, trees, learn_scale=ckpt["learn_scale"])
         restore_masks(model, ckpt["state_dict"])
@@ -156,15 +168,17 @@ def _compress_archive(src: Path, dst: Path) -> None:
                           compresslevel=9 if packed else None)
 
 
-def program_accuracy(module: Callable[[torch.Tensor], torch.Tensor], dataset: TensorDataset,
+def program_accuracy(module: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
                      batch_size: int = 1000) -> float:
     """Top-1 accuracy (%) of any callable, e.g. a loaded export program, which has no ``eval()``."""
-    images, labels = dataset.tensors
-    correct = 0
+    from .training import _batches
+
+    correct = total = 0
     with torch.no_grad():
-        for i in range(0, len(labels), batch_size):
-            correct += int((module(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
-    return 100.0 * correct / max(1, len(labels))
+        for images, labels in _batches(dataset, batch_size):
+            correct += int((module(images).argmax(1) == labels).sum())
+            total += len(labels)
+    return 100.0 * correct / max(1, total)
 
 
 def load_dense_weights(model: nn.Module, path: str | os.PathLike[str], name: str | None = None) -> None:
@@ -178,6 +192,17 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike[str], name: str
             ``weights_only=False`` is left out: that would run code from the file) or not
             fitting the model.
     """
+    state = _read_state_dict(path, "[dense] checkpoint")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__  # torch's message spans lines
+        raise CheckpointError(f"[dense] checkpoint {path} does not fit model "
+                              f"{name or type(model).__name__!r}: {text}") from None
+
+
+def _read_state_dict(path: str | os.PathLike[str], key: str) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` from a file the user wrote (plain tensors only: nothing is executed)."""
     import warnings
 
     try:
@@ -188,13 +213,62 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike[str], name: str
         text = str(exc)
         cause = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
         why = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
-        raise CheckpointError(f"[dense] checkpoint {path}: cannot be read as a state_dict saved with "
+        raise CheckpointError(f"{key} {path}: cannot be read as a state_dict saved with "
                               f"torch.save(model.state_dict(), path) ({why})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{key} {path}: not a state_dict (a dict of tensors)")
+    return state
+
+
+def _fit_error(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Missing, unexpected and mis-shaped keys of ``state`` for ``model``, in a few words."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    parts = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            parts.append(f"{what}: {', '.join(keys[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def load_pruned_weights(model: nn.Module, path: str | os.PathLike[str], name: str | None = None) -> None:
+    """Load a user's already-sparse network into ``model`` (plain activations), masks fixed.
+
+    The file is a ``state_dict`` (or a dict holding one under ``"state_dict"``) either of a
+    network pruned with :mod:`torch.nn.utils.prune` — ``weight_orig``/``weight_mask`` pairs, whose
+    masks are taken exactly — or of a plain network whose zeros are the pruned weights: every
+    Conv and Linear weight with zeros gets the mask ``weight != 0``. Either way the masks then
+    stay fixed through every later fine-tune, as after :func:`~safs_optuna.sparsity.magnitude_prune`.
+
+    Raises:
+        CheckpointError: one line naming the file: unreadable, or keys missing, unexpected or
+            mis-shaped for the model.
+    """
+    from torch.nn.utils import prune
+
+    from .sparsity import _keep_copyable
+
+    state = _read_state_dict(path, "[sparsity] checkpoint")
+    label = name or type(model).__name__
     try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
-        text = " ".join(str(exc).split()) or type(exc).__name__  # torch's message spans lines
-        raise CheckpointError(f"[dense] checkpoint {path} does not fit model "
-                              f"{name or type(model).__name__!r}: {text}") from None
+        restore_masks(model, state)
+    except ValueError as exc:
+        raise CheckpointError(f"[sparsity] checkpoint {path} does not fit model {label!r}: {exc}") from None
+    problem = _fit_error(model, state)
+    if problem is not None:
+        raise CheckpointError(f"[sparsity] checkpoint {path} does not fit model {label!r}: {problem}")
+    model.load_state_dict(state)
+    pruned = {k[: -len("_mask")] for k in state if k.endswith("_mask") and f"{k[:-5]}_orig" in state}
+    for path_, module in prunable_modules(model).items():
+        if f"{path_}.weight" in pruned:
+            continue
+        weight = module.weight.detach()
+        if bool((weight == 0).any()):
+            prune.custom_from_mask(module, "weight", mask=(weight != 0).to(weight.dtype))
+            _keep_copyable(module)

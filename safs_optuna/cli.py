@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,18 +142,10 @@ def _pipeline(cfg, worker: int = 0, must_exist: bool = False, log=None, same_con
 
 def _results(pipes: Sequence) -> str:
     """The results table: one row per seed, their mean ± sd, the paper's row; then warnings."""
-    from .report import markdown_table, mean_row
+    from .pipeline.launch import results_table
 
-    if len(pipes) == 1:
-        text = pipes[0].table()
-    else:
-        rows = [p.row() for p in pipes]
-        name = pipes[0].cfg.name.rsplit("/seed", 1)[0]
-        rows.append(mean_row(rows, f"{name}: mean ± sd over {len(pipes)} seeds"))
-        paper = pipes[0].rows()[1:]
-        text = markdown_table(rows + paper)
     warnings = [w for p in pipes for w in p.warnings()]
-    return text + "".join(f"\n\nWARNING {p}" for p in warnings)
+    return results_table(pipes) + "".join(f"\n\nWARNING {p}" for p in warnings)
 
 
 # ---------------------------------------------------------------------- commands
@@ -166,74 +159,14 @@ def _log_path(cfg) -> Path:
 
 
 def _preflight(cfgs: Sequence) -> None:
-    """Every check ``run`` can make before it writes anything: storage, artifacts folder, data,
-    model, ``[sparsity] skip``, batch and subset sizes, the dense checkpoint. One line each."""
-    import torch
+    """Every check ``run`` can make before it writes anything (see
+    :mod:`safs_optuna.pipeline.preflight`); a failure is one line, warnings are printed."""
+    from .pipeline.preflight import InputError, preflight
 
-    from .data import DatasetFormatError, DatasetNotFoundError
-    from .models import build_model
-    from .pipeline import load_splits
-    from .sparsity import prunable_modules
-    from .storage import check_storage
-
-    cfg = cfgs[0]
-    where = cfg.path or "<config>"
-    for c in cfgs:
-        check_storage(c.storage)  # a folder, an unwritable place or a damaged database: one line
-    art = Path(cfg.artifacts)
-    if art.exists() and not art.is_dir():
-        raise UserError(f"{where}: artifacts: {art} is a file, not a folder; point artifacts at a folder")
-    parent = next(p for p in (art, *art.parents) if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{where}: artifacts: cannot create {art}: {parent} is not a writable folder")
     try:
-        splits = load_splits(cfg)  # a missing dataset stops here, before anything is written
-    except (DatasetNotFoundError, DatasetFormatError):
-        raise
-    except (ValueError, TypeError) as exc:  # data found, but unusable (shape, labels, sizes)
-        raise UserError(f"{where}: [data] name {cfg.data.name!r}: {exc}") from None
-    try:
-        model = build_model(cfg.model.name, num_classes=splits.num_classes,
-                            in_channels=splits.in_channels, image_size=splits.image_size)
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(f"{where}: [model] name {cfg.model.name!r} does not fit the images of "
-                        f"{cfg.data.name!r}: {exc}", EXIT_USAGE) from None
-    n, batch = len(splits.train), cfg.protocol.batch_size
-    if batch > n:
-        raise UserError(f"{where}: [protocol] batch_size: {batch} is more than the {n} training images "
-                        f"of {cfg.data.name!r}; use at most {n}", EXIT_USAGE)
-    for stage in ("activations", "hpo"):
-        fraction = getattr(cfg, stage).fraction
-        size = max(1, round(fraction * n))
-        if fraction < 1.0 and size < batch:
-            raise UserError(f"{where}: [{stage}] fraction: {fraction:g} of the {n} training images is "
-                            f"{size}, less than one batch ([protocol] batch_size = {batch}); use "
-                            f"fraction >= {batch / n:.3g} or a smaller batch_size", EXIT_USAGE)
-    layers = list(prunable_modules(model))
-    # A path skips the layer of that name, or every layer below it (as magnitude_prune reads it).
-    valid = [m for m, _ in model.named_modules() if m and any(n == m or n.startswith(m + ".") for n in layers)]
-    for path in cfg.sparsity.skip:
-        if path not in valid:
-            raise UserError(f"{where}: [sparsity] skip: {path!r} is not a module of {cfg.model.name!r} "
-                            f"that holds weights to prune; valid: {', '.join(valid)}", EXIT_USAGE)
-    if cfg.sparsity.min_density:  # globs that match nothing, a ratio the minimums make unreachable
-        import copy
-
-        from .sparsity import magnitude_prune
-
-        sp = cfg.sparsity
-        try:
-            magnitude_prune(copy.deepcopy(model), sp.ratio, scope=sp.scope, skip=sp.skip,
-                            min_density=sp.min_density)
-        except ValueError as exc:
-            raise UserError(f"{where}: [sparsity] min_density: {exc}", EXIT_USAGE) from None
-    if cfg.dense.checkpoint:  # read again by the dense stage; here it fails before anything is written
-        from .checkpoint import CheckpointError, load_dense_weights
-
-        try:
-            load_dense_weights(model, cfg.dense.checkpoint, name=cfg.model.name)
-        except CheckpointError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        preflight(cfgs, warn=lambda line: print(f"safs-optuna: warning: {line}", file=sys.stderr))
+    except InputError as exc:
+        raise UserError(str(exc), exc.code) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -407,6 +340,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 notes.append(f"{stage.name} epochs: {st.epochs_reason}")
             if st.found_nothing:
                 notes.append(f"WARNING {st.found_nothing}")
+            if st.last_error:
+                notes.append(f"{stage.name}: {st.failed} failed; last, {st.last_error}")
         for note in notes:
             print(note)
         density = pipe.density_table()
@@ -484,7 +419,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, _ = pipe.res.load(args.stage)
     model = finalize(model).eval()
     test = pipe.splits.test
-    example = test.tensors[0][:4]
+    example = torch.stack([test[i][0] for i in range(min(4, len(test)))])
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     export_program(model, example, out)
@@ -628,8 +563,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = _failure_line(args, exc)
         if line is None:
             raise
+        if getattr(args, "verbose", False):  # what the one line sums up, for a bug report
+            traceback.print_exception(exc)
         print(f"safs-optuna: {line}", file=sys.stderr)
-        return 1
+        return _failure_code(exc)
+
+
+def _failure_code(exc: Exception) -> int:
+    """2 for data the config names that is not on this machine and could not be fetched (the fix
+    is in the config or in that folder, as for a config mistake); 1 for everything else."""
+    from .data import DatasetNotFoundError
+
+    return EXIT_USAGE if isinstance(exc, DatasetNotFoundError) else 1
 
 
 def _failure_line(args: argparse.Namespace, exc: Exception) -> str | None:
@@ -638,13 +583,15 @@ def _failure_line(args: argparse.Namespace, exc: Exception) -> str | None:
     from .checkpoint import CheckpointError
     from .data import DatasetFormatError, DatasetNotFoundError
     from .pipeline import PipelineError
+    from .sources import SourceError
     from .storage import StorageError
+    from .training import UserFitError
 
     import optuna.exceptions  # loaded with .storage already
     import sqlalchemy.exc
 
     if isinstance(exc, (UserError, PipelineError, StorageError, DatasetNotFoundError, DatasetFormatError,
-                        CheckpointError)):
+                        CheckpointError, UserFitError, SourceError)):
         return _one_line(exc)
     # A storage that fails mid-command can surface as another error raised while Optuna
     # handled it (e.g. its trial loop's UnboundLocalError); the storage error is the cause.

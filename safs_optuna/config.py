@@ -12,25 +12,31 @@ except ``name``, and a missing key takes the default of the matching dataclass b
     lend_threads = true        # a waiting worker lends its threads to working ones on this machine
     ablations = true           # also run the paper's "stage 1 alone" / "stage 2 alone" columns
 
-    [model]        name
-    [data]         name, root, val_size, download
-    [sparsity]     ratio, scope, skip, min_density, gradual_epochs
+    [model]        name, kwargs
+    [data]         name, root, val_size, download, image_size, channels, num_classes, loader_workers
+    [sparsity]     ratio, scope, skip, min_density, gradual_epochs, checkpoint
     [dense]        epochs, checkpoint
     [protocol]     optimizer, lr, momentum, weight_decay, schedule, batch_size, nesterov, augment
     [activations]  preset, unary, binary, sampler, pruner, trials, epochs, fraction, history, lahc
     [hpo]          sampler, pruner, trials, epochs, fraction
     [hpo.space]    optimizers, lr, momentum, weight_decay, schedules, learn_scale
     [final]        epochs
+    [training]     fit, evaluate, metric, direction
 
 Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, excludes b)::
 
     seed                          [0, 2**32)             numpy's seeds must be below 2**32
     threads                       [0, 1024]              0 = the cores split between workers
     [data] val_size               (0, 1)
+    [data] image_size             [1, 65 536]            folder: only; default the images' own size
+    [data] channels               1 or 3                 folder: only; default from the first image
+    [data] num_classes            [2, 1 000 000]         default the largest label + 1
+    [data] loader_workers         [0, 256]               DataLoader processes for data not in memory
     [sparsity] ratio              (0, 1)                 0 prunes nothing: nothing to recover
     [sparsity] skip               module paths of the model (checked by ``run`` before it starts)
     [sparsity] min_density        module-path glob -> (0, 1]; globs and reachability checked by ``run``
     [sparsity] gradual_epochs     [0, 100 000]           0 = one-shot pruning; N = N epochs of gradual pruning
+    [sparsity] checkpoint         a file                 the user's pruned network: no dense or sparse stage
     [dense] epochs                [1, 100 000]           [0, 100 000] with a checkpoint
     [protocol] lr                 (0, 10]
     [protocol] momentum           [0, 1)
@@ -48,7 +54,10 @@ Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, exclu
 Relative paths are resolved against the folder of the config file (the current directory for
 :func:`parse_config` without a path), never against the directory a command runs in, so that
 every worker finds the same files: a ``sqlite:///relative.db`` URL, ``artifacts``,
-``data.root``, ``dense.checkpoint`` and the folder of ``data.name = "idx:<dir>"``. ``~`` is
+``data.root``, ``dense.checkpoint``, ``sparsity.checkpoint`` and the folder of
+``data.name = "idx:<dir>"`` or ``"folder:<dir>"``. Import paths (``"my_model:build"`` in
+``[model] name``, ``[data] name``, ``[training] fit`` and ``evaluate``) are looked for in the
+config's folder first, then on ``sys.path``; they are imported by ``run``, not by the config. ``~`` is
 expanded. Other database URLs (``postgresql://user@host/db``, any scheme of
 :data:`STORAGE_SCHEMES` with an optional ``+driver``) are used unchanged; other schemes fail.
 
@@ -96,6 +105,7 @@ __all__ = [
     "ProtocolConfig",
     "SparsityConfig",
     "StudyConfig",
+    "TrainingConfig",
     "load_config",
     "parse_config",
     "to_dict",
@@ -122,6 +132,11 @@ every network starts at chance); ``divergence+X`` wraps X in a DivergencePruner.
 
 AUTO = "auto"
 """``epochs = "auto"`` of a search stage: measured by its start trial (see the pipeline)."""
+
+ACCURACY_METRIC = "val_accuracy"
+"""``[training] metric`` of the built-in loop: validation accuracy in percent."""
+
+DIRECTIONS: tuple[str, ...] = ("maximize", "minimize")
 
 FINAL = "final"
 """``[hpo] epochs = "final"``: every stage-2 trial trains as long as the full fine-tune."""
@@ -151,24 +166,38 @@ _MIN_FRACTION = 1e-4
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``[model]``: which network of :data:`safs_optuna.models.MODELS` to sparsify."""
+    """``[model]``: which network to sparsify.
+
+    ``name`` is a name of :data:`safs_optuna.models.MODELS`, ``"torchvision:<name>"``,
+    ``"timm:<name>"`` or ``"<module>:<callable>"`` (see :func:`safs_optuna.models.build_model`);
+    ``kwargs`` are more keyword arguments for its builder.
+    """
 
     name: str = "lenet5"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """``[data]``: the dataset (see :mod:`safs_optuna.data`) and its validation split.
 
-    ``name`` is one of :data:`safs_optuna.data.DATASETS`, ``imagenet16-<classes>`` or
-    ``idx:<dir>``; ``root`` is where datasets are looked for (``None``: the data module's
-    default); ``download`` lets torchvision fetch mnist, fashion_mnist or cifar10 into it.
+    ``name`` is one of :data:`safs_optuna.data.DATASETS`, ``imagenet16-<classes>``,
+    ``idx:<dir>``, ``folder:<dir>`` (an ``ImageFolder`` layout) or ``"<module>:<callable>"``
+    (a function returning ``Splits`` or ``(train, val, test)`` datasets); ``root`` is where
+    datasets are looked for (``None``: the data module's default); ``download`` lets torchvision
+    fetch mnist, fashion_mnist or cifar10 into it. ``image_size`` and ``channels`` say how a
+    ``folder:`` is read; ``num_classes`` overrides the count inferred from the labels;
+    ``loader_workers`` are the ``DataLoader`` processes for data not held in memory.
     """
 
     name: str = "quickstart"
     root: str | None = None
     val_size: float = 0.1
     download: bool = False
+    image_size: int | None = None
+    channels: int | None = None
+    num_classes: int | None = None
+    loader_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,13 +218,19 @@ class SparsityConfig:
     ``cubic_sparsity(e + 1, N, final=ratio)`` with the allocation above, then the network
     fine-tunes one epoch with the default ``[protocol]`` (a fresh optimizer each epoch, so its
     LR schedule runs within the epoch), reaching ``ratio`` in the last epoch. It costs N epochs,
-    once per study; every later stage starts from its weights."""
+    once per study; every later stage starts from its weights.
+
+    ``checkpoint`` is the user's already-sparse network (a ``state_dict`` with zeros, or with
+    ``torch.nn.utils.prune``'s ``weight_orig``/``weight_mask``): the dense and sparse stages are
+    skipped, its masks are kept exactly, and ``ratio``, ``scope``, ``skip``, ``min_density`` do
+    not apply (:func:`safs_optuna.checkpoint.load_pruned_weights`)."""
 
     ratio: float = 0.99
     scope: str = "layer"
     skip: tuple[str, ...] = ()
     min_density: dict[str, float] = dataclasses.field(default_factory=dict)
     gradual_epochs: int = 0
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +344,31 @@ class FinalConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """``[training]``: the training loop and what it reports.
+
+    ``fit`` is ``"<module>:<callable>"``, the user's own loop with the contract of
+    :data:`safs_optuna.training.FitFunction` (``None``: the built-in
+    :func:`~safs_optuna.training.fit`). ``metric`` names the validation metric it reports and
+    ``direction`` whether larger (``"maximize"``) or smaller is better; the built-in metric is
+    ``"val_accuracy"`` (percent), the only one with a chance level (the chance band, "auto"
+    epochs). ``evaluate`` is ``"<module>:<callable>"`` returning that metric of a model on a
+    dataset, ``evaluate(model, dataset) -> float``, for the report's test column (``None``: the
+    built-in top-1 accuracy).
+    """
+
+    fit: str | None = None
+    evaluate: str | None = None
+    metric: str = "val_accuracy"
+    direction: str = "maximize"
+
+    @property
+    def is_accuracy(self) -> bool:
+        """Whether the metric is the built-in accuracy (in percent), which has a chance level."""
+        return self.metric == ACCURACY_METRIC
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole pipeline: names, storage, and one section per stage.
 
@@ -343,6 +403,7 @@ class StudyConfig:
     activations: ActivationsConfig = ActivationsConfig()
     hpo: HPOConfig = HPOConfig()
     final: FinalConfig = FinalConfig()
+    training: TrainingConfig = TrainingConfig()
 
     def study_name(self, stage: str) -> str:
         """The Optuna study of ``stage`` in the storage, e.g. ``"quickstart/activations"``."""
@@ -365,6 +426,7 @@ _SECTIONS: dict[str, type] = {
     "activations": ActivationsConfig,
     "hpo": HPOConfig,
     "final": FinalConfig,
+    "training": TrainingConfig,
 }
 _TOP_LEVEL = ("name", "storage", "artifacts", "seed", "device", "threads", "lend_threads", "ablations")
 
@@ -615,6 +677,10 @@ def _parse(
         ctx.fail("threads", f"must be in [0, {_MAX_THREADS}] (0 = automatic), got {top['threads']}")
 
     sections = {k: _parse_section(cls, data.get(k, {}), k, ctx) for k, cls in _SECTIONS.items()}
+    if not sections["training"].is_accuracy and sections["activations"].epochs == AUTO:
+        # "auto" waits for the start point to leave the chance band, which only accuracy has.
+        ctx.fail("activations.epochs", f'"auto" needs [training] metric = "{ACCURACY_METRIC}" (it waits '
+                                       "for the start point to leave chance level); give a number of epochs")
     return StudyConfig(
         name=name,
         path=Path(os.path.abspath(path)) if path is not None else None,
@@ -626,7 +692,7 @@ def _parse(
 
 
 # Keys whose value is a table of their own (its keys may hold dots: module paths).
-_TABLE_VALUED = frozenset({"sparsity.min_density"})
+_TABLE_VALUED = frozenset({"sparsity.min_density", "model.kwargs"})
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -712,6 +778,8 @@ _NOT_FINITE = object()
 
 def _as(tp: Any, value: Any) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:  # keyword arguments for user code: whatever TOML holds
+        return value
     if tp is bool:
         return value if isinstance(value, bool) else _BAD
     if tp is int:
@@ -749,6 +817,8 @@ def _describe(tp: Any) -> str:
         return names[tp]
     args = typing.get_args(tp)
     if typing.get_origin(tp) is dict:
+        if args[1] is Any:
+            return "a table such as { width = 16 }"
         return f"a table of {plurals[args[1]]} such as {{ conv1 = 0.3 }}"
     if args[-1] is Ellipsis:
         return f"an array of {plurals[args[0]]}"
@@ -822,29 +892,52 @@ def _check_storage(url: str, ctx: _Context) -> str:
 
 
 def _check_model(c: ModelConfig, s: _Section) -> ModelConfig:
-    from safs_optuna.models import MODELS
+    from safs_optuna.models import MODEL_SOURCES, MODELS
+    from safs_optuna.sources import is_import_path
 
-    s.choice("name", c.name, MODELS, "model")
+    prefix, _, rest = c.name.partition(":")
+    if prefix in ("torchvision", "timm") and rest:
+        return c
+    if is_import_path(c.name):
+        return c
+    if c.kwargs and c.name in MODELS:
+        s.fail("kwargs", f"the built-in model {c.name!r} takes no keyword arguments")
+    s.choice("name", c.name, MODELS, "model", extra=MODEL_SOURCES)
     return c
 
 
 def _check_data(c: DataConfig, s: _Section) -> DataConfig:
     from safs_optuna.data import DATASETS
+    from safs_optuna.sources import is_import_path
 
     name = c.name
-    if name.startswith("idx:"):
-        folder = name[len("idx:") :].strip()
+    folders = {"idx:": ("IDX files", "data/my_mnist"), "folder:": ("images", "data/my_images")}
+    prefix = next((p for p in folders if name.startswith(p)), None)
+    if prefix is not None:  # a folder of IDX files, or of images: resolved against the config's folder
+        folder = name[len(prefix) :].strip()
         if not folder:
-            s.fail("name", 'idx: needs a folder of IDX files, as in "idx:data/my_mnist"')
-        name = "idx:" + s.ctx.resolve(folder)
-        if not os.path.isdir(name[len("idx:") :]):
-            s.fail("name", f"{c.name!r}: no folder {name[len('idx:'):]}")
+            what, example = folders[prefix]
+            s.fail("name", f'{prefix} needs a folder of {what}, as in "{prefix}{example}"')
+        name = prefix + s.ctx.resolve(folder)
+        if not os.path.isdir(name[len(prefix) :]):
+            s.fail("name", f"{c.name!r}: no folder {name[len(prefix):]}")
     elif (match := _IMAGENET16_CLASSES.fullmatch(name)) is not None:
         if not 1 <= int(match.group(1)) <= 1000:
             s.fail("name", f"{name!r}: imagenet16 has 1 to 1000 classes")
-    else:
-        s.choice("name", name, DATASETS, "dataset", extra=("imagenet16-<classes>", "idx:<dir>"))
+    elif not is_import_path(name):
+        s.choice("name", name, DATASETS, "dataset",
+                 extra=("imagenet16-<classes>", "idx:<dir>", "folder:<dir>", "<module>:<callable>"))
     s.interval("val_size", c.val_size, 0.0, 1.0, "()")
+    if c.image_size is not None:
+        s.at_least("image_size", c.image_size, 1)
+        s.at_most("image_size", c.image_size, _MAX_BATCH_SIZE)
+    if c.channels is not None and c.channels not in (1, 3):
+        s.fail("channels", f"must be 1 (grayscale) or 3 (RGB), got {_show(c.channels)}")
+    if c.num_classes is not None:
+        s.at_least("num_classes", c.num_classes, 2)
+        s.at_most("num_classes", c.num_classes, 1_000_000)
+    s.at_least("loader_workers", c.loader_workers, 0)
+    s.at_most("loader_workers", c.loader_workers, 256)
     root = s.ctx.resolve(c.root) if c.root is not None else None
     return dataclasses.replace(c, name=name, root=root)
 
@@ -868,7 +961,15 @@ def _check_sparsity(c: SparsityConfig, s: _Section) -> SparsityConfig:
     if not 0 <= c.gradual_epochs <= _MAX_EPOCHS:
         most = f"{_MAX_EPOCHS:,}".replace(",", " ")  # 100 000, as at_most writes it
         s.fail("gradual_epochs", f"must be in [0, {most}] (0 = one-shot pruning), got {c.gradual_epochs!r}")
-    return c
+    if c.checkpoint is None:
+        return c
+    if c.gradual_epochs:
+        s.fail("checkpoint", "a pruned checkpoint is already sparse; gradual_epochs needs a dense network "
+                             "(set gradual_epochs = 0, or give [dense] checkpoint instead)")
+    checkpoint = s.ctx.resolve(c.checkpoint)
+    if not os.path.isfile(checkpoint):
+        s.fail("checkpoint", f"no file {checkpoint}")
+    return dataclasses.replace(c, checkpoint=checkpoint)
 
 
 def _check_dense(c: DenseConfig, s: _Section) -> DenseConfig:
@@ -962,6 +1063,25 @@ def _check_final(c: FinalConfig, s: _Section) -> FinalConfig:
     return c
 
 
+def _check_training(c: TrainingConfig, s: _Section) -> TrainingConfig:
+    from safs_optuna.sources import is_import_path
+
+    for key in ("fit", "evaluate"):
+        value = getattr(c, key)
+        if value is not None and not is_import_path(value):
+            s.fail(key, f"{_show(value)} is not an import path such as \"my_train:fit\"")
+    if not _NAME.fullmatch(c.metric):
+        s.fail("metric", f'{_show(c.metric)}: a metric name may only contain letters, digits, "_", "." and "-"')
+    s.choice("direction", c.direction, DIRECTIONS, "direction")
+    if not c.is_accuracy and c.fit is None:
+        s.fail("metric", f"the built-in loop reports {ACCURACY_METRIC!r}; another metric needs your own "
+                         "[training] fit that reports it")
+    if c.is_accuracy and c.direction != "maximize":
+        s.fail("direction", f"{ACCURACY_METRIC!r} is accuracy, which is maximized; name your own metric "
+                            "to minimize it")
+    return c
+
+
 _CHECKS: dict[type, Callable[[Any, _Section], Any]] = {
     ModelConfig: _check_model,
     DataConfig: _check_data,
@@ -972,4 +1092,5 @@ _CHECKS: dict[type, Callable[[Any, _Section], Any]] = {
     HPOSpace: _check_space,
     HPOConfig: _check_hpo,
     FinalConfig: _check_final,
+    TrainingConfig: _check_training,
 }

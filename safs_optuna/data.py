@@ -19,10 +19,21 @@ Names (see :data:`DATASETS`):
   to the first 120 classes as NAS-Bench-201's ImageNet16-120; ``imagenet16-<k>`` keeps the first
   ``k`` classes (``imagenet16-1000`` keeps all). Its official ``val_data`` is the test split.
 * ``idx:<dir>`` — any folder of MNIST-format IDX files.
+* ``folder:<dir>`` — images in torchvision's ``ImageFolder`` layout: ``<dir>/train/<class>/*.png``
+  (or ``.jpg``…), ``<dir>/test/<class>/…`` and, when present, ``<dir>/val/<class>/…``. Decoded
+  into memory when the float tensors take at most :data:`IN_MEMORY_BYTES`, read through a
+  ``DataLoader`` otherwise.
+* ``<module>:<callable>`` — the user's own function (see :func:`as_splits`): it returns
+  :class:`Splits` or ``(train, val, test)`` map-style datasets, ``val`` possibly ``None``.
+
+Splits of user datasets may hold any map-style ``torch.utils.data.Dataset`` of ``(input, label)``
+pairs; :func:`safs_optuna.training.fit` reads those through a ``DataLoader`` and keeps its fast
+path for ``TensorDataset``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import math
@@ -34,16 +45,24 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 __all__ = [
     "DATASETS",
     "DatasetFormatError",
+    "DatasetDownloadError",
     "DatasetNotFoundError",
+    "IN_MEMORY_BYTES",
     "Splits",
+    "as_splits",
     "default_root",
+    "labels_of",
     "load",
     "read_idx",
 ]
@@ -52,6 +71,11 @@ DATASETS: tuple[str, ...] = ("quickstart", "mnist", "fashion_mnist", "cifar10", 
 """Registered dataset names; ``idx:<dir>`` and ``imagenet16-<classes>`` are accepted as well."""
 
 QUICKSTART_FILE = "fashion_mnist_quickstart.npz"
+
+IN_MEMORY_BYTES = 1 << 30
+"""An image folder whose decoded float32 images take at most this many bytes is held in memory."""
+# Images read from a folder too large for memory: the mean and std come from this many of them.
+_STATS_SAMPLE = 10_000
 
 # Where Debian's ``dataset-fashion-mnist`` package puts the IDX files. A module-level tuple so
 # that tests can point it at a folder of their own.
@@ -83,6 +107,12 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on this machine; the message names every place looked and how to get it."""
 
 
+class DatasetDownloadError(DatasetNotFoundError):
+    """A dataset download failed (no network, a proxy, a refusing host, a checksum mismatch, a full
+    disk); the message names the dataset, the folder, the cause and how to get the data offline.
+    Whatever the download had written is removed again."""
+
+
 class DatasetFormatError(ValueError):
     """A dataset file is damaged or not in its format; the message names the file and the fault."""
 
@@ -103,20 +133,23 @@ class Splits:
             small = splits.search_subset(0.25, seed=0)  # for cheap search trials
 
     Attributes:
-        train: Training images (float32 NCHW, normalised) and labels (int64).
+        train: Training images (float32 NCHW, normalised) and labels (int64): a
+            ``TensorDataset`` for the built-in datasets, any map-style ``Dataset`` of
+            ``(input, label)`` pairs for user data.
         val: Validation split, carved from the official training set with a fixed seed.
         test: The official test split; never use it for selection.
         num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
         in_channels: Image channels (1 or 3).
         image_size: Height and width of the (square) images.
         name: The dataset name given to :func:`load`.
-        mean: Per-channel mean used for normalisation (of pixel values scaled to 0..1).
+        mean: Per-channel mean used for normalisation (of pixel values scaled to 0..1); empty
+            for data a user function normalised itself.
         std: Per-channel standard deviation used for normalisation.
     """
 
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    val: Dataset
+    test: Dataset
     num_classes: int
     in_channels: int
     image_size: int
@@ -138,11 +171,13 @@ class Splits:
             raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        images, labels = self.train.tensors
         if fraction == 1.0:
             return dataclasses.replace(self)
-        index = _stratified_subset(labels, fraction, seed)
-        return dataclasses.replace(self, train=TensorDataset(images[index], labels[index]))
+        index = _stratified_subset(labels_of(self.train), fraction, seed)
+        if isinstance(self.train, TensorDataset):
+            images, labels = self.train.tensors
+            return dataclasses.replace(self, train=TensorDataset(images[index], labels[index]))
+        return dataclasses.replace(self, train=Subset(self.train, index.tolist()))
 
     def __repr__(self) -> str:
         c, s = self.in_channels, self.image_size
@@ -165,6 +200,10 @@ def load(
     seed: int = 0,
     *,
     download: bool = False,
+    image_size: int | None = None,
+    channels: int | None = None,
+    num_classes: int | None = None,
+    search_dir: str | os.PathLike[str] | None = None,
 ) -> Splits:
     """Load a dataset as normalised in-memory train / validation / test splits.
 
@@ -177,6 +216,12 @@ def load(
         download: Let torchvision download ``mnist``, ``fashion_mnist`` or ``cifar10`` into
             ``root`` when they are missing (needs the internet). Off by default: loading never
             touches the network unless asked to.
+        image_size: ``folder:`` only: resize every image to this square size (default: the
+            images' own size, which must then be the same for all).
+        channels: ``folder:`` only: read images as 1 (grayscale) or 3 (RGB) channels (default:
+            1 when the first training image is grayscale, else 3).
+        num_classes: Classes of a user function's data (default: the largest label + 1).
+        search_dir: Where a ``<module>:<callable>`` source is looked for before ``sys.path``.
 
     Raises:
         ValueError: Unknown name or bad ``val_size``.
@@ -189,7 +234,17 @@ def load(
         raise ValueError(f"val_size must be in (0, 1), got {val_size!r}")
     root_path = Path(root).expanduser() if root is not None else default_root()
     key = name.strip()
-    num_classes: int | None = None  # known for named datasets; from the labels for idx:
+    if key.startswith("folder:"):
+        return _load_folder(Path(key[len("folder:"):]).expanduser(), key, val_size, seed, image_size, channels)
+    from .sources import is_import_path, resolve
+
+    if is_import_path(key):
+        source = resolve(key, search_dir, "[data] name")
+        from .sources import call_accepting
+
+        value = call_accepting(source, {"root": str(root_path), "seed": seed}, {}, f"[data] name {key!r}")
+        return as_splits(value, key, val_size=val_size, seed=seed, num_classes=num_classes)
+    num_classes = None  # known for named datasets; from the labels for idx:
     if key.startswith("idx:"):
         raw = _load_idx_folder(Path(key[4:]).expanduser())
     else:
@@ -205,7 +260,8 @@ def load(
                 raise ValueError(f"imagenet16 has 1 to 1000 classes, got {name!r}")
             raw = _load_imagenet16(root_path, num_classes)
         else:
-            valid = ", ".join(DATASETS + ("imagenet16-<classes>", "idx:<dir>"))
+            valid = ", ".join(DATASETS + ("imagenet16-<classes>", "idx:<dir>", "folder:<dir>",
+                                          "<module>:<callable>"))
             raise ValueError(f"unknown dataset {name!r}; valid: {valid}")
     return _make_splits(name.strip(), *raw, val_size=val_size, seed=seed, num_classes=num_classes)
 
@@ -347,11 +403,11 @@ def _load_torchvision(key: str, root: Path, download: bool) -> _Raw:
     cls = getattr(torchvision.datasets, cls_name)
     looked = [f"{root / sub} (torchvision layout)"]
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
     except RuntimeError as exc:
-        # torchvision says "Dataset not found" when the files are absent and download is off.
-        if download or "not found" not in str(exc).lower():
+        # torchvision says "Dataset not found" when the files are absent.
+        if "not found" not in str(exc).lower():
             raise
     else:
         return _torchvision_arrays(train) + _torchvision_arrays(test)
@@ -367,6 +423,11 @@ def _load_torchvision(key: str, root: Path, download: bool) -> _Raw:
             if files is not None:
                 return _read_idx_split(files)
             looked.append(f"{folder} (Debian package dataset-fashion-mnist)")
+    if download:  # only now: files already on this machine are never fetched again
+        with _download_guard(key, root):
+            train = cls(str(root), train=True, download=True)
+            test = cls(str(root), train=False, download=True)
+        return _torchvision_arrays(train) + _torchvision_arrays(test)
     how = f"pass download=True to fetch it into {root} (needs the internet)"
     if key == "fashion_mnist":
         how = "`apt-get install dataset-fashion-mnist`, or " + how
@@ -374,6 +435,107 @@ def _load_torchvision(key: str, root: Path, download: bool) -> _Raw:
         f"dataset {key!r} not found; looked in: {'; '.join(looked)}. To get it: {how}, "
         f"or set $SAFS_OPTUNA_DATA / root= to a folder that holds it"
     )
+
+
+# What torchvision writes under root for each dataset (removed again after a failed download),
+# and how to put the data there by hand.
+_DOWNLOAD_PATHS = {
+    "mnist": ("MNIST",),
+    "fashion_mnist": ("FashionMNIST",),
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py"),
+}
+_OFFLINE = {
+    "mnist": "copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+             "and t10k-labels-idx1-ubyte.gz (or the unpacked files) into {folder}",
+    "cifar10": "unpack cifar-10-python.tar.gz into {root} (giving {folder}/data_batch_1 .. data_batch_5, "
+               "test_batch, batches.meta)",
+}
+_OFFLINE["fashion_mnist"] = _OFFLINE["mnist"]
+# Another source that needs no download, for each dataset.
+_OFFLINE_SOURCE = {
+    "mnist": '"idx:<dir>" (a folder of those four files)',
+    "fashion_mnist": '"idx:<dir>" (a folder of those four files)',
+    "cifar10": '"folder:<dir>" (images in <dir>/train/<class>/ and <dir>/test/<class>/)',
+}
+# How common download failures read, in the texts of urllib, http.client, ssl and torchvision,
+# and what each means in a few words.
+_DOWNLOAD_CAUSES = (
+    (r"No space left|Disk quota exceeded|\[Errno 28\]", "no space left on the device"),
+    (r"HTTP Error 407|Proxy Authentication Required", "the proxy asks for a login (HTTP 407)"),
+    (r"Tunnel connection failed:?\s*([^>]*)", "the proxy refused the connection ({0})"),
+    (r"Name or service not known|name resolution|nodename nor servname|getaddrinfo failed|"
+     r"No address associated", "the host name cannot be resolved (no network, or no DNS)"),
+    (r"Connection refused", "the host refused the connection"),
+    (r"Network is unreachable|No route to host", "no network (the host is unreachable)"),
+    (r"timed out", "the connection timed out"),
+    (r"CERTIFICATE_VERIFY_FAILED|\bSSL", "the TLS certificate check failed (a proxy that intercepts HTTPS?)"),
+    (r"HTTP Error (\d+):\s*([^>]*)", "the server answered HTTP {0} {1}"),
+    (r"corrupted|checksum|MD5", "a checksum mismatch: the downloaded file is damaged"),
+    (r"<urlopen error ([^>]*)>", "{0}"),
+)
+
+
+@contextlib.contextmanager
+def _download_guard(key: str, root: Path) -> Iterator[None]:
+    """Around torchvision's download of ``key`` into ``root``: a failure becomes one
+    :class:`DatasetDownloadError`, and every file and folder the download made or changed is
+    removed, so that a cut-off file never passes for the data on a later run."""
+    paths = [root / p for p in _DOWNLOAD_PATHS[key]]
+    before = _tree(root, paths)
+    try:
+        yield
+    except BaseException as exc:
+        _undo(root, paths, before)
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C: the partial files are gone, the interrupt goes on
+        folder = root / _TORCHVISION[key][1]
+        how = _OFFLINE[key].format(folder=folder, root=root)
+        raise DatasetDownloadError(
+            f"dataset {key!r}: the download into {folder} failed: {_download_cause(exc)}. To run offline: "
+            f"{how} (torchvision's layout), or set [data] root to a folder with that layout, or set "
+            f"[data] name to {_OFFLINE_SOURCE[key]}"
+        ) from exc
+
+
+def _tree(root: Path, paths: list[Path]) -> dict[Path, tuple[int, int] | None]:
+    """Every file (size, mtime) and folder (None) at or below ``paths``, and ``root`` itself."""
+    found: dict[Path, tuple[int, int] | None] = {root: None} if root.is_dir() else {}
+    for path in paths:
+        if not path.exists():
+            continue
+        for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+            stat = p.stat()
+            found[p] = None if p.is_dir() else (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def _undo(root: Path, paths: list[Path], before: dict[Path, tuple[int, int] | None]) -> None:
+    """Remove what appeared or changed since ``before`` (folders only when empty, deepest first)."""
+    after = _tree(root, paths)
+    for p, stamp in after.items():
+        if stamp is not None and before.get(p, ()) != stamp:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    for p in sorted((p for p, stamp in after.items() if stamp is None and p not in before),
+                    key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+def _download_cause(exc: BaseException) -> str:
+    """Why a download failed, in a few words: the first known pattern in the texts of ``exc`` and
+    its causes, else the innermost text."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(" ".join(str(exc).split()) or type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(texts)
+    for pattern, words in _DOWNLOAD_CAUSES:
+        found = re.search(pattern, text, re.IGNORECASE)
+        if found:
+            return words.format(*(g.strip() for g in found.groups()))
+    return texts[-1][:160]
 
 
 def _torchvision_arrays(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -459,24 +621,32 @@ def _make_splits(
     val_size: float,
     seed: int,
     num_classes: int | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Splits:
+    """Normalised splits; the validation split is ``val`` when given, else carved from train."""
     if x_train.shape[2] != x_train.shape[3]:
         raise ValueError(f"dataset {name!r}: images are {x_train.shape[2:]}, only square ones are supported")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"dataset {name!r}: train images {x_train.shape[1:]} but test images {x_test.shape[1:]}")
     train_images = _to_float(x_train)
     test_images = _to_float(x_test)
+    val_images = _to_float(val[0]) if val is not None else None
     # Statistics of the whole official training set, as the usual published constants are, so
     # the network's input does not depend on the validation seed.
     std, mean = torch.std_mean(train_images, dim=(0, 2, 3))
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays finite
-    for images in (train_images, test_images):
-        images.sub_(mean[None, :, None, None]).div_(std[None, :, None, None])
+    for images in (train_images, test_images, val_images):
+        if images is not None:
+            images.sub_(mean[None, :, None, None]).div_(std[None, :, None, None])
 
     train_labels = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
     test_labels = torch.as_tensor(np.asarray(y_test, dtype=np.int64))
     n = len(train_labels)
     n_val = int(round(val_size * n))
+    if val is not None:
+        val_labels = torch.as_tensor(np.asarray(val[1], dtype=np.int64))
+        train_set, val_set = TensorDataset(train_images, train_labels), TensorDataset(val_images, val_labels)
+        n_val, n = 1, 2  # the checks below are about carving, which a given split does not need
     if n < 2:
         raise ValueError(f"dataset {name!r} has {n} training image(s): at least 2 are needed to "
                          "hold one out for validation")
@@ -486,9 +656,12 @@ def _make_splits(
             f"{n - n_val} for training; for this dataset use val_size from {1 / n:.6g} "
             f"to {(n - 1) / n:.6g}"
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    # Sorted so that each split keeps the file's order; training shuffles anyway.
-    val_index, train_index = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if val is None:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        # Sorted so that each split keeps the file's order; training shuffles anyway.
+        val_index, train_index = perm[:n_val].sort().values, perm[n_val:].sort().values
+        train_set = TensorDataset(train_images[train_index], train_labels[train_index])
+        val_set = TensorDataset(train_images[val_index], train_labels[val_index])
     largest = int(max(train_labels.max(), test_labels.max() if len(test_labels) else 0))
     if int(min(train_labels.min(), test_labels.min() if len(test_labels) else 0)) < 0:
         raise ValueError(f"dataset {name!r}: labels must be non-negative class indices")
@@ -497,8 +670,8 @@ def _make_splits(
     elif largest >= num_classes:
         raise ValueError(f"dataset {name!r}: label {largest} out of range for {num_classes} classes")
     return Splits(
-        train=TensorDataset(train_images[train_index], train_labels[train_index]),
-        val=TensorDataset(train_images[val_index], train_labels[val_index]),
+        train=train_set,
+        val=val_set,
         test=TensorDataset(test_images, test_labels),
         num_classes=num_classes,
         in_channels=int(x_train.shape[1]),
@@ -532,3 +705,205 @@ def _stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torc
         members = torch.nonzero(labels == cls).flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
     return torch.cat(chosen).sort().values
+
+
+# --- user data: any map-style Dataset ------------------------------------------------------------
+
+_LABELS: "weakref.WeakKeyDictionary[Any, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The int64 labels of a map-style dataset of ``(input, label)`` pairs, in index order.
+
+    Read without touching the inputs where the dataset says them (``TensorDataset``, a
+    ``targets`` attribute as torchvision's datasets have, a ``Subset`` of those); otherwise by
+    reading every item once, remembered for the dataset object.
+    """
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):
+        return torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    try:
+        cached = _LABELS.get(dataset)
+    except TypeError:  # not weakly referable: read it every time
+        cached = None
+    if cached is not None:
+        return cached
+    labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+    try:
+        _LABELS[dataset] = labels
+    except TypeError:
+        pass
+    return labels
+
+
+def _is_dataset(value: Any) -> bool:
+    return hasattr(value, "__getitem__") and hasattr(value, "__len__")
+
+
+def as_splits(value: Any, name: str, *, val_size: float = 0.1, seed: int = 0,
+              num_classes: int | None = None) -> Splits:
+    """What a user's data function returned, as :class:`Splits`.
+
+    Args:
+        value: :class:`Splits` (used as it is), or ``(train, val, test)``: map-style datasets of
+            ``(input, label)`` pairs with integer labels ``0 .. num_classes - 1``; ``val`` may be
+            ``None``, and is then carved from ``train`` (``val_size``, seeded by ``seed``).
+        name: How the data is named in messages and reports.
+        num_classes: The number of classes (default: the largest label + 1).
+
+    Raises:
+        ValueError: Not one of those shapes, an empty split, or labels out of range.
+    """
+    if isinstance(value, Splits):
+        return value
+    if not (isinstance(value, (tuple, list)) and len(value) == 3):
+        raise ValueError(f"[data] name {name!r} returned {type(value).__name__}; expected Splits or a "
+                         "(train, val, test) tuple of map-style datasets (val may be None)")
+    train, val, test = value
+    for split, ds in (("train", train), ("val", val), ("test", test)):
+        if ds is None and split == "val":
+            continue
+        if not _is_dataset(ds):
+            raise ValueError(f"[data] name {name!r}: {split} is {type(ds).__name__}, not a map-style "
+                             "torch.utils.data.Dataset (with __getitem__ and __len__)")
+        if len(ds) == 0:
+            raise ValueError(f"[data] name {name!r}: the {split} split is empty")
+    if val is None:
+        train, val = _carve_val(train, name, val_size, seed)
+    sample = train[0]
+    if not (isinstance(sample, (tuple, list)) and len(sample) >= 2 and isinstance(sample[0], torch.Tensor)):
+        raise ValueError(f"[data] name {name!r}: train[0] is {type(sample).__name__}; items must be "
+                         "(input tensor, label) pairs")
+    shape = tuple(sample[0].shape)
+    labels = [labels_of(ds) for ds in (train, val, test)]
+    largest = max(int(x.max()) for x in labels)
+    if min(int(x.min()) for x in labels) < 0:
+        raise ValueError(f"[data] name {name!r}: labels must be class indices >= 0")
+    if num_classes is None:
+        num_classes = largest + 1
+    elif largest >= num_classes:
+        raise ValueError(f"[data] name {name!r}: label {largest} out of range for [data] num_classes "
+                         f"= {num_classes}")
+    return Splits(train=train, val=val, test=test, num_classes=num_classes,
+                  in_channels=int(shape[0]) if len(shape) == 3 else 1,
+                  image_size=int(shape[-1]) if shape else 1, name=name)
+
+
+def _carve_val(train: Dataset, name: str, val_size: float, seed: int) -> tuple[Dataset, Dataset]:
+    n = len(train)
+    n_val = int(round(val_size * n))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"[data] name {name!r}: val_size={val_size} leaves {n_val} of {n} training "
+                         "items for validation; give a val split or another val_size")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if isinstance(train, TensorDataset):
+        return (TensorDataset(*(t[train_index] for t in train.tensors)),
+                TensorDataset(*(t[val_index] for t in train.tensors)))
+    return Subset(train, train_index.tolist()), Subset(train, val_index.tolist())
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+
+def _load_folder(folder: Path, name: str, val_size: float, seed: int, image_size: int | None,
+                 channels: int | None) -> Splits:
+    """``folder:<dir>`` (see the module docstring)."""
+    from torchvision.datasets import ImageFolder
+
+    layout = f"expected {folder}/train/<class>/<image> and {folder}/test/<class>/<image>"
+    for split in ("train", "test"):
+        if not (folder / split).is_dir():
+            raise DatasetNotFoundError(f"{name}: no folder {folder / split}; {layout}")
+    try:
+        found = {split: ImageFolder(str(folder / split)) for split in ("train", "val", "test")
+                 if (folder / split).is_dir()}
+    except FileNotFoundError as exc:  # a split without class folders or images
+        raise DatasetNotFoundError(f"{name}: {' '.join(str(exc).split())}; {layout}") from None
+    train = found["train"]
+    if len(train.classes) < 2:
+        raise ValueError(f"{folder / 'train'} has {len(train.classes)} class folder(s) "
+                         f"({', '.join(train.classes)}); a classifier needs at least 2")
+    for split in ("val", "test"):
+        if split in found and found[split].classes != train.classes:
+            other = sorted(set(found[split].classes) ^ set(train.classes))
+            raise ValueError(f"{folder / split} has other classes than {folder / 'train'} "
+                             f"(differ: {', '.join(other)}); both need the same class folders")
+    from PIL import Image
+
+    with Image.open(train.samples[0][0]) as first:  # as stored: ImageFolder's loader makes RGB of all
+        first.load()
+    channels = channels or (1 if first.mode in ("L", "1", "I", "I;16", "F") else 3)
+    if channels not in (1, 3):
+        raise ValueError(f"[data] channels must be 1 or 3, got {channels}")
+    if image_size is None:
+        if first.size[0] != first.size[1]:
+            raise ValueError(f"{train.samples[0][0]} is {first.size[0]}x{first.size[1]}; set "
+                             "[data] image_size to resize every image to a square")
+        image_size = first.size[0]
+    transform = _folder_transform(channels, image_size)
+    for ds in found.values():
+        ds.transform = transform
+    n = sum(len(ds) for ds in found.values())
+    if n * channels * image_size * image_size * 4 <= IN_MEMORY_BYTES:
+        arrays = {split: _decode(ds, name, image_size) for split, ds in found.items()}
+        val = arrays.get("val")
+        return _make_splits(name, *arrays["train"], *arrays["test"], val_size=val_size, seed=seed,
+                            num_classes=len(train.classes), val=val)
+    return _lazy_folder_splits(found, name, val_size, seed, channels, image_size)
+
+
+def _folder_transform(channels: int, image_size: int) -> Callable[[Any], torch.Tensor]:
+    from torchvision import transforms
+
+    mode = transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB"))
+    return transforms.Compose([mode, transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
+
+
+def _decode(ds: Any, name: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of an ImageFolder as uint8 NCHW, and its labels."""
+    images = np.empty((len(ds), *ds[0][0].shape), dtype=np.uint8) if len(ds) else np.empty((0,))
+    for i in range(len(ds)):
+        try:
+            images[i] = ds[i][0].numpy()
+        except (OSError, ValueError) as exc:  # a damaged or non-image file
+            raise DatasetFormatError(f"{name}: {ds.samples[i][0]} cannot be read as an image ({exc})") from None
+    return images, np.asarray(ds.targets, dtype=np.int64)
+
+
+class _Normalized(Dataset):
+    """A dataset of uint8 images, as float32 normalised with fixed per-channel statistics."""
+
+    def __init__(self, base: Dataset, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.base, self.mean, self.std = base, mean[:, None, None], std[:, None, None]
+        self.targets = getattr(base, "targets", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return (image.float().div_(255.0) - self.mean) / self.std, label
+
+
+def _lazy_folder_splits(found: dict[str, Any], name: str, val_size: float, seed: int, channels: int,
+                        image_size: int) -> Splits:
+    """An image folder too large for memory: decoded image by image, as a DataLoader reads it."""
+    train = found["train"]
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randperm(len(train), generator=generator)[:_STATS_SAMPLE].tolist()
+    pixels = torch.stack([train[i][0].float().div_(255.0) for i in sample])
+    std, mean = torch.std_mean(pixels, dim=(0, 2, 3))
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    wrapped = {split: _Normalized(ds, mean, std) for split, ds in found.items()}
+    val = wrapped.get("val")
+    train_ds = wrapped["train"]
+    if val is None:
+        train_ds, val = _carve_val(train_ds, name, val_size, seed)
+    return Splits(train=train_ds, val=val, test=wrapped["test"], num_classes=len(train.classes),
+                  in_channels=channels, image_size=image_size, name=name,
+                  mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))

@@ -37,6 +37,9 @@ __all__ = [
     "sites",
     "set_module",
     "build_model",
+    "adapt_stem",
+    "require_sites",
+    "MODEL_SOURCES",
     "lenet5",
     "vgg16",
     "resnet18",
@@ -435,9 +438,127 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "efficientnet_b0": efficientnet_b0,
 }
 
+MODEL_SOURCES: tuple[str, ...] = ("torchvision:<name>", "timm:<name>", "<module>:<callable>")
+"""What ``[model] name`` takes besides the names of :data:`MODELS`."""
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
-    """Build the registered model ``name`` with plain torch activations (see :data:`MODELS`)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+def build_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    search_dir: str | None = None,
+) -> nn.Module:
+    """Build a network with plain torch activations from a model source.
+
+    Args:
+        name: A name of :data:`MODELS`; ``"torchvision:<name>"`` (``torchvision.models.get_model``,
+            random weights, its stem adapted to ``in_channels``); ``"timm:<name>"`` (needs timm);
+            or ``"<module>:<callable>"``, a function or class returning an ``nn.Module``, called
+            with ``num_classes``, ``in_channels`` and ``image_size`` where its signature accepts
+            them.
+        num_classes / in_channels / image_size: What the data needs.
+        kwargs: More keyword arguments for the builder (``[model.kwargs]``).
+        search_dir: Where ``<module>`` is looked for before ``sys.path`` (the config's folder).
+
+    Raises:
+        ValueError: An unknown name (:class:`~safs_optuna.sources.SourceError` for a source that
+            cannot be imported, raises, or returns something that is not an ``nn.Module``).
+    """
+    from .sources import SourceError, call_accepting, is_import_path, resolve
+
+    arch = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    extra = dict(kwargs or {})
+    what = f"[model] name {name!r}"
+    if name in MODELS:
+        if extra:
+            raise SourceError(f"{what}: the built-in models take no [model.kwargs], got {', '.join(extra)}")
+        model = MODELS[name](**arch)
+    elif name.startswith("torchvision:"):
+        model = _torchvision_model(name.split(":", 1)[1], arch, extra, what)
+    elif name.startswith("timm:"):
+        model = _timm_model(name.split(":", 1)[1], arch, extra, what)
+    elif is_import_path(name):
+        model = call_accepting(resolve(name, search_dir, "[model] name"), arch, extra, what)
+    else:
+        valid = ", ".join([*sorted(MODELS), *MODEL_SOURCES])
+        raise ValueError(f"unknown model {name!r}; valid: {valid}")
+    if not isinstance(model, nn.Module):
+        raise SourceError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _torchvision_model(name: str, arch: Mapping[str, int], extra: dict[str, Any], what: str) -> nn.Module:
+    """``torchvision.models.get_model(name, weights=None, num_classes=...)``, stem adapted."""
+    import torchvision.models
+
+    from .sources import SourceError
+
+    if "weights" in extra and extra["weights"] is not None:
+        raise SourceError(f"{what}: weights are never downloaded; load yours with [dense] checkpoint")
+    extra.pop("weights", None)
+    valid = torchvision.models.list_models()
+    if name not in valid:
+        import difflib
+
+        close = difflib.get_close_matches(name, valid, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SourceError(f"{what}: torchvision has no model {name!r}{hint}")
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=arch["num_classes"], **extra)
+    except Exception as exc:  # noqa: BLE001 - the builders raise many kinds on bad arguments
+        raise SourceError(f"{what}: torchvision could not build it: {' '.join(str(exc).split())}") from None
+    adapt_stem(model, arch["in_channels"])
+    return model
+
+
+def _timm_model(name: str, arch: Mapping[str, int], extra: dict[str, Any], what: str) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes=..., in_chans=...)``."""
+    from .sources import SourceError
+
+    try:
+        import timm
+    except ImportError:
+        raise SourceError(f"{what}: timm is not installed; pip install 'safs-optuna[timm]'") from None
+    if extra.get("pretrained"):
+        raise SourceError(f"{what}: weights are never downloaded; load yours with [dense] checkpoint")
+    extra.pop("pretrained", None)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=arch["num_classes"],
+                                 in_chans=arch["in_channels"], **extra)
+    except Exception as exc:  # noqa: BLE001 - unknown names and bad arguments
+        raise SourceError(f"{what}: timm could not build it: {' '.join(str(exc).split())}") from None
+
+
+def adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
+    """Make the network's first convolution take ``in_channels`` (torchvision's take 3).
+
+    The first ``nn.Conv2d`` in module order is replaced by an ungrouped one with the same kernel,
+    stride, padding and bias and ``in_channels`` inputs (freshly initialised: the weights are
+    random anyway, as nothing is downloaded). A model that already takes ``in_channels`` is left
+    as it is.
+    """
+    path, stem = next(((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if stem is None or stem.in_channels == in_channels:
+        return model
+    new = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stride=stem.stride,
+                    padding=stem.padding, dilation=stem.dilation, bias=stem.bias is not None,
+                    padding_mode=stem.padding_mode)
+    set_module(model, path, new)
+    return model
+
+
+def require_sites(model: nn.Module, name: str) -> list[str]:
+    """The model's sites (it must be searchable already); a model with none gets one clear line."""
+    from .sources import SourceError
+
+    found = sites(model)
+    if not found:
+        kinds = ", ".join(sorted(t.__name__ for t in ACTIVATION_TREES))
+        raise SourceError(
+            f"[model] name {name!r}: 0 activation sites found — the network has no activation "
+            f"modules ({kinds}) to search; activations called as functions in forward (F.relu(x), "
+            "torch.tanh(x)) have no module to replace: use nn.ReLU() and the like as submodules")
+    return found

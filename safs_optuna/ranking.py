@@ -55,6 +55,8 @@ BEHIND_Z = 3.0
 CHANCE_ATTR = "chance_accuracy"
 VAL_SIZE_ATTR = "val_size"
 VAL_LOSS_ATTR = "val_loss"
+DIRECTION_ATTR = "direction"
+"""User attr ``"minimize"`` of a trial whose metric is better when lower (a user's own metric)."""
 
 Score = tuple[float, float]
 WORST: Score = (-math.inf, -math.inf)
@@ -110,14 +112,21 @@ def trial_score(trial: FrozenTrial, epochs: int | None = None) -> Score:
         return WORST
     band = _band(trial)
     accs, losses = curve(trial, epochs)
-    if band is None or not accs:
-        value = trial.value if trial.value is not None else -math.inf
-        return (float(value), 0.0)
+    sign = -1.0 if trial.user_attrs.get(DIRECTION_ATTR) == "minimize" else 1.0
+    if not accs:
+        value = trial.value if trial.value is not None else -math.inf * sign
+        return (sign * float(value), 0.0)
+    if band is None:  # a metric that is not accuracy has no chance level: the metric, then the loss
+        finite = [x for x in losses if math.isfinite(x)]
+        return (max(sign * a for a in accs), -min(finite) if finite else -math.inf)
     return curve_score(accs, losses, band)
 
 
 def left_chance(trial: FrozenTrial, epochs: int | None = None) -> bool:
-    """Whether the trial's validation accuracy ever rose above the chance band."""
+    """Whether the trial's validation accuracy ever rose above the chance band (always true for a
+    trial whose metric has no chance level: one that is not accuracy)."""
+    if _band(trial) is None and trial.user_attrs.get(DIRECTION_ATTR) is not None:
+        return True
     return first_move(trial, epochs) is not None
 
 

@@ -29,23 +29,27 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import errno
 import importlib
 import inspect
+import logging
 import os
 import random
 import re
+import shutil
 import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
@@ -515,7 +519,179 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     return failed
 
 
-def make_artifact_store(path: str | Path) -> FileSystemArtifactStore:
-    """The artifact store (checkpoints, plots) in folder ``path``, created if missing."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
+class ArtifactStoreError(StorageError):
+    """An artifact (checkpoint, plot) that cannot be written or read; one line naming the
+    artifact store, the cause and what to do. ``cause`` is the cause alone, in a few words."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+# Write errors that a second try cannot fix: a full disk stays full while this worker waits.
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+_RESUME = "run the same command again to resume"
+
+
+class FolderArtifactStore:
+    """Optuna's :class:`~optuna.artifacts.FileSystemArtifactStore` that fails in one line.
+
+    The folder is made (with its parents) by the first write, so that a run which stops before
+    it stores anything leaves none behind. A folder that vanished after that (removed by hand, a
+    cleaned temporary folder) is re-created once and the write tried again; a folder whose parent
+    vanished too (a drive that is no longer mounted) is not, so that nothing lands on the disk
+    below the mount point. A full disk is not retried. Every other failure is an
+    :class:`ArtifactStoreError` that names the store, the artifact and the cause, and a failed
+    write leaves no truncated file behind. A missing artifact in a folder that is there stays
+    Optuna's ``ArtifactNotFound``, so that callers can say which stage lost its file.
+
+    Example:
+
+        .. code::
+
+            store = FolderArtifactStore("studies/x.artifacts")
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=store, file_path="model.pt", study_or_trial=trial)
+    """
+
+    def __init__(self, base_path: str | Path) -> None:
+        self.base_path = Path(base_path)
+        self._store = FileSystemArtifactStore(str(base_path))
+        self._seen = self.base_path.is_dir()  # once it was there, a missing folder has vanished
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        try:
+            reader = self._store.open_reader(artifact_id)
+        except ArtifactNotFound:
+            if self.base_path.is_dir():
+                raise
+            raise self._error(artifact_id, "read", FileNotFoundError(errno.ENOENT, "")) from None
+        except OSError as exc:
+            raise self._error(artifact_id, "read", exc) from exc
+        self._seen = True
+        return reader
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        start = content_body.tell() if content_body.seekable() else None
+        for attempt in (1, 2):
+            try:
+                self._store.write(artifact_id, content_body)
+                if (self.base_path / artifact_id).is_file():
+                    self._seen = True
+                    return
+                # The folder went away while the file was written: the data went with it.
+                exc: OSError = FileNotFoundError(errno.ENOENT, "removed while it was written")
+            except OSError as error:
+                exc = error
+            self._discard(artifact_id)
+            retry = False
+            if attempt == 1 and start is not None:
+                retry, exc = self._recreate(exc)
+            if not retry:
+                name = getattr(content_body, "name", None)  # the local file: says which checkpoint
+                what = f"{Path(name).name} (artifact {artifact_id})" if isinstance(name, str) else artifact_id
+                raise self._error(what, "write", exc, again=attempt == 2) from exc
+            content_body.seek(start)
+
+    def remove(self, artifact_id: str) -> None:
+        self._store.remove(artifact_id)
+
+    def _recreate(self, exc: OSError) -> tuple[bool, OSError]:
+        """Re-create a vanished folder (not its parent): whether a second write makes sense, and
+        the error to report if not."""
+        if not isinstance(exc, FileNotFoundError) or self.base_path.is_dir():
+            return False, exc
+        try:
+            self.base_path.mkdir(parents=not self._seen)
+        except FileExistsError as error:
+            return self.base_path.is_dir(), error  # another worker re-created it first
+        except OSError as error:
+            return False, error  # the parent is gone too, or not writable: _cause says which
+        if self._seen:  # the run goes on, but a later reader of an older file will miss it
+            logging.getLogger(__name__).warning(
+                f"artifact store {self.base_path}: the folder vanished and was re-created; what was stored "
+                "in it before is lost")
+        return True, exc
+
+    def _cause(self, exc: OSError, hint: bool = True, again: bool = False) -> str:
+        """What failed in a few words, and (``hint``) what to do; ``again``: on the second try."""
+        folder, parent = self.base_path, self.base_path.parent
+        if folder.is_dir() or exc.errno in _NO_SPACE:
+            return _os_cause(exc, hint)
+        if not parent.is_dir():
+            what = (f"the folder and its parent {parent} are gone (removed, or a drive that is no longer "
+                    "mounted?)")
+            do = "restore them, or point artifacts at another folder,"
+        elif folder.exists():
+            what, do = f"{folder} is a file, not a folder", "move it away"
+        elif exc.errno is not None and exc.errno != errno.ENOENT:
+            what, do = f"the folder is gone and could not be re-created ({_os_cause(exc, False)})", "restore it"
+        else:
+            what = "the folder vanished again after it was re-created" if again else "the folder is gone"
+            do = "restore it"
+        return f"{what}; {do} and {_RESUME}" if hint else what
+
+    def _discard(self, artifact_id: str) -> None:
+        """Remove what a failed write left, so that no truncated file looks like a checkpoint."""
+        with contextlib.suppress(OSError):
+            (self.base_path / artifact_id).unlink(missing_ok=True)
+
+    def _error(self, what: str, action: str, exc: OSError, again: bool = False) -> ArtifactStoreError:
+        # A failed read names no fix: its caller knows which stage lost the file and how to redo it.
+        text = self._cause(exc, hint=action == "write", again=again)
+        return ArtifactStoreError(f"artifact store {self.base_path}: cannot {action} {what}: {text}",
+                                  self._cause(exc, hint=False, again=again))
+
+
+def _os_cause(exc: OSError, hint: bool = True) -> str:
+    """A failed file operation in a few words, and (``hint``) what to do about it."""
+    if exc.errno in _NO_SPACE:
+        what, do = "no space left on the device (the disk or a quota is full)", "free some space"
+    elif exc.errno in _NOT_WRITABLE:
+        what, do = "not writable (permission denied, or a read-only file system)", "make it writable"
+    else:
+        what, do = exc.strerror or _first_line(exc), "fix that"
+    return f"{what}; {do} and {_RESUME}" if hint else what
+
+
+# Free bytes below which a failed local write is taken for a full disk: torch.save reports one
+# only as a RuntimeError, and the partial file it left has taken the rest.
+_FULL_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def staging(store: FolderArtifactStore, name: str, folder: str | Path) -> Iterator[None]:
+    """Around writing ``name`` into the local ``folder`` before its upload to ``store``: a full
+    disk there stops the worker in one line too, as an :class:`ArtifactStoreError`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not ((isinstance(exc, OSError) and exc.errno in _NO_SPACE) or _nearly_full(folder)):
+            raise
+        cause = f"no space left on the device of the temporary folder {folder}"
+        raise ArtifactStoreError(f"artifact store {store.base_path}: cannot write {name}: {cause}; free some "
+                                 f"space and {_RESUME}", cause) from exc
+
+
+def _nearly_full(folder: str | Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < _FULL_BYTES
+    except OSError:
+        return False
+
+
+def read_failure(exc: BaseException) -> str:
+    """Why an artifact could not be read, in a few words, for a message that says what to do."""
+    if isinstance(exc, ArtifactStoreError):
+        return exc.cause
+    if isinstance(exc, ArtifactNotFound):
+        return "the file is missing"
+    if isinstance(exc, OSError):
+        return _os_cause(exc, hint=False)
+    return type(exc).__name__
+
+
+def make_artifact_store(path: str | Path) -> FolderArtifactStore:
+    """The artifact store (checkpoints, plots) in folder ``path``, created by its first write."""
+    return FolderArtifactStore(path)

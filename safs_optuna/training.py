@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .ranking import CHANCE_ATTR, VAL_LOSS_ATTR, VAL_SIZE_ATTR
+from .ranking import CHANCE_ATTR, DIRECTION_ATTR, VAL_LOSS_ATTR, VAL_SIZE_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -37,7 +37,10 @@ __all__ = [
     "EpochStats",
     "FitResult",
     "Evaluation",
+    "FitFunction",
+    "UserFitError",
     "fit",
+    "fit_with",
     "evaluate",
     "fused_optimizer",
 ]
@@ -210,25 +213,48 @@ class Evaluation(NamedTuple):
 # --------------------------------------------------------------------------- evaluation
 
 
-def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(data: Dataset | DataLoader, batch_size: int, loader_workers: int = 0,
+             pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
     if isinstance(data, TensorDataset):
         x, y = data.tensors[0], data.tensors[1]
         for start in range(0, len(x), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
         return
-    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+    loader = data if isinstance(data, DataLoader) else DataLoader(
+        data, batch_size=batch_size, num_workers=loader_workers, pin_memory=pin_memory)
+    for batch in loader:
+        yield batch[0], batch[1]
+
+
+def _train_batches(train: Dataset, order: Tensor, batch_size: int, steps: int, device: torch.device,
+                   loader_workers: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch's training batches in the order ``order`` (the same for both paths).
+
+    A ``TensorDataset`` is sliced directly: no per-sample overhead, the fast path for data held
+    in memory. Any other map-style dataset is read through a ``DataLoader`` that takes exactly
+    those index batches, with ``loader_workers`` worker processes and pinned memory on CUDA.
+    """
+    chunks = [order[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
+    if isinstance(train, TensorDataset):
+        x, y = train.tensors[0], train.tensors[1]
+        for idx in chunks:
+            yield x[idx], y[idx]
+        return
+    loader = DataLoader(train, batch_sampler=[c.tolist() for c in chunks], num_workers=loader_workers,
+                        pin_memory=device.type == "cuda")
     for batch in loader:
         yield batch[0], batch[1]
 
 
 @torch.no_grad()
 def _score(
-    model: nn.Module, data: Dataset | DataLoader, device: torch.device, batch_size: int
+    model: nn.Module, data: Dataset | DataLoader, device: torch.device, batch_size: int,
+    loader_workers: int = 0,
 ) -> Evaluation:
     correct = 0
     total = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for x, y in _batches(data, batch_size):
+    for x, y in _batches(data, batch_size, loader_workers, device.type == "cuda"):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
@@ -244,6 +270,7 @@ def evaluate(
     data: Dataset | DataLoader,
     device: str | torch.device = "cpu",
     batch_size: int = 1024,
+    loader_workers: int = 0,
 ) -> Evaluation:
     """Accuracy (percent) and mean cross-entropy of ``model`` on ``data``.
 
@@ -253,6 +280,8 @@ def evaluate(
             ``Dataset`` of ``(input, label)`` pairs, or a ``DataLoader`` (used as is).
         device: Where to run.
         batch_size: Batch size for datasets (a loader keeps its own).
+        loader_workers: ``DataLoader`` worker processes for a dataset that is not a
+            ``TensorDataset``.
 
     The model runs in eval mode without gradients; every submodule's training flag is restored
     afterwards, so a model that was training keeps training.
@@ -262,7 +291,7 @@ def evaluate(
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return _score(model, data, device, batch_size)
+        return _score(model, data, device, batch_size, loader_workers)
     finally:
         for module, mode in modes:
             module.training = mode
@@ -334,9 +363,11 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip, out.flip(3), out).contiguous()
 
 
-def majority_accuracy(data: TensorDataset) -> float:
+def majority_accuracy(data: Dataset) -> float:
     """Accuracy (%) of always predicting the most common label of ``data``: the chance level."""
-    labels = data.tensors[1]
+    from .data import labels_of
+
+    labels = labels_of(data)
     if len(labels) == 0:
         return 0.0
     return 100.0 * float(torch.bincount(labels.long()).max()) / len(labels)
@@ -390,6 +421,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     until: Callable[[Sequence[EpochStats]], bool] | None = None,
     on_batch: Callable[[], object] | None = None,
+    loader_workers: int = 0,
 ) -> FitResult:
     """Train ``model`` on ``splits.train``, score each epoch on ``splits.val``, keep the best.
 
@@ -398,7 +430,8 @@ def fit(
             optimised (frozen α/β of activations stay frozen); modules sparsified with
             ``torch.nn.utils.prune`` keep their masks. Moved to ``device``.
         splits: A :class:`safs_optuna.data.Splits`, or any object with ``train`` and ``val``
-            ``TensorDataset`` fields ``(images, labels)`` and ``num_classes``.
+            fields: map-style datasets of ``(input, label)`` pairs. A ``TensorDataset`` is
+            sliced in memory; any other dataset is read through a ``DataLoader``.
         hparams: The protocol (optimizer, LR, schedule, batch size, augmentation).
         epochs: Number of epochs, >= 1.
         trial: An Optuna trial. At the start its user attrs ``chance_accuracy`` (the accuracy,
@@ -418,6 +451,8 @@ def fit(
             returns True (``epochs`` is then a ceiling).
         on_batch: Called after each optimizer step, in the training thread (e.g. to change the
             number of torch threads while training).
+        loader_workers: ``DataLoader`` worker processes for datasets that are not a
+            ``TensorDataset`` (0: read in the training process).
 
     Returns:
         The best validation accuracy (percent), its epoch (from 0) and the per-epoch history.
@@ -437,16 +472,15 @@ def fit(
     if not isinstance(hparams, HParams):
         raise TypeError(f"hparams must be a safs_optuna.training.HParams, got {type(hparams)}")
     for name in ("train", "val"):
-        if not isinstance(getattr(splits, name, None), TensorDataset):
-            raise TypeError(
-                f"splits.{name} must be a torch TensorDataset, got "
-                f"{type(getattr(splits, name, None)).__name__}"
-            )
+        split = getattr(splits, name, None)
+        if not (hasattr(split, "__getitem__") and hasattr(split, "__len__")):
+            raise TypeError(f"splits.{name} must be a map-style torch Dataset, got {type(split).__name__}")
     device = torch.device(device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        return _fit(model, splits, hparams, int(epochs), trial, device, seed, progress, on_epoch, until, on_batch)
+        return _fit(model, splits, hparams, int(epochs), trial, device, seed, progress, on_epoch, until, on_batch,
+                    loader_workers)
 
 
 def _fit(
@@ -461,9 +495,10 @@ def _fit(
     on_epoch: Callable[[EpochStats], None] | None,
     until: Callable[[Sequence[EpochStats]], bool] | None = None,
     on_batch: Callable[[], object] | None = None,
+    loader_workers: int = 0,
 ) -> FitResult:
-    x_train, y_train = splits.train.tensors[0], splits.train.tensors[1]
-    n = len(x_train)
+    train = splits.train
+    n = len(train)
     if n == 0:
         raise ValueError("the training split is empty")
     model.to(device)
@@ -484,11 +519,12 @@ def _fit(
             optimizer, mode="max", factor=_PLATEAU_FACTOR, patience=_PLATEAU_PATIENCE
         )
 
-    augment = hp.augment and x_train.dim() == 4 and x_train.shape[-1] >= AUGMENT_MIN_SIZE
+    shape = tuple(train.tensors[0].shape[1:]) if isinstance(train, TensorDataset) else tuple(train[0][0].shape)
+    augment = hp.augment and len(shape) == 3 and shape[-1] >= AUGMENT_MIN_SIZE
     if hp.augment and not augment:
         warnings.warn(
             f"augment=True ignored: augmentation needs 4-D images of at least "
-            f"{AUGMENT_MIN_SIZE} px, got shape {tuple(x_train.shape[1:])}",
+            f"{AUGMENT_MIN_SIZE} px, got shape {shape}",
             stacklevel=3,
         )
     generator = torch.Generator().manual_seed(seed)
@@ -513,15 +549,15 @@ def _fit(
             sizes: list[int] = []
             loss_sum, seen = 0.0, 0
             lr = optimizer.param_groups[0]["lr"]
-            for batch in range(steps_per_epoch):
-                idx = order[batch * hp.batch_size : (batch + 1) * hp.batch_size]
-                x = x_train[idx].to(device, non_blocking=True)
-                y = y_train[idx].to(device, non_blocking=True)
+            batches = _train_batches(train, order, hp.batch_size, steps_per_epoch, device, loader_workers)
+            for batch, (x, y) in enumerate(batches):
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
                 if augment:
                     x = _augment(x, generator)
                 loss = F.cross_entropy(model(x), y)
                 pending.append(loss.detach())
-                sizes.append(len(idx))
+                sizes.append(len(y))
                 if len(pending) == check_every or batch == steps_per_epoch - 1:
                     loss_sum += _check_losses(pending, sizes, epoch, batch, trial)
                     seen += sum(sizes)
@@ -537,7 +573,7 @@ def _fit(
                 if bar is not None:
                     bar.update(1)
             train_loss = loss_sum / seen
-            val = _score_eval(model, splits.val, device)
+            val = _score_eval(model, splits.val, device, loader_workers)
             if hp.schedule == "plateau":
                 scheduler.step(val.accuracy)
             stats = EpochStats(
@@ -571,10 +607,10 @@ def _fit(
     return FitResult(best_val_accuracy=best_acc, best_epoch=best_epoch, history=history)
 
 
-def _score_eval(model: nn.Module, data: TensorDataset, device: torch.device) -> Evaluation:
+def _score_eval(model: nn.Module, data: Dataset, device: torch.device, loader_workers: int = 0) -> Evaluation:
     model.eval()
     try:
-        return _score(model, data, device, batch_size=1024)
+        return _score(model, data, device, batch_size=1024, loader_workers=loader_workers)
     finally:
         model.train()
 
@@ -607,3 +643,132 @@ def _report(trial: Any, stats: EpochStats) -> None:
         raise optuna.TrialPruned(
             f"pruned at epoch {stats.epoch} with validation accuracy {stats.val_accuracy:.2f}%"
         )
+
+
+# --------------------------------------------------------------------------- your own loop
+
+
+class UserFitError(RuntimeError):
+    """A user's training function raised; the message is its exception in one line."""
+
+
+class _StopTraining(Exception):
+    """Raised by ``report`` when the caller has seen enough epochs (``until``)."""
+
+
+Report = Callable[..., None]
+"""``report(epoch, metric, loss=None)``: what a training function calls after every epoch."""
+
+FitFunction = Callable[[nn.Module, Any, HParams, int, Report], Any]
+"""The training-loop contract: ``fit(model, splits, hparams, epochs, report)``.
+
+- ``model``: the sparse network on the study's device, its activations in place. Train it in
+  place; masks of sparse layers stay fixed by themselves (:mod:`torch.nn.utils.prune` hooks), so
+  any optimizer works. Move batches to ``next(model.parameters()).device``.
+- ``splits``: :class:`safs_optuna.data.Splits` — ``train``, ``val``, ``test`` datasets and
+  ``num_classes``. Never select on ``test``.
+- ``hparams``: the protocol to train with (:class:`HParams`: optimizer, lr, momentum,
+  weight_decay, schedule, batch_size, …); stage 2 searches it, so honour what you can.
+- ``epochs``: how many epochs to train.
+- ``report(epoch, metric, loss=None)``: call it after every epoch (epochs from 0) with the
+  validation metric (``[training] metric``; the built-in one is accuracy in percent) and,
+  where you have it, the validation loss. It raises ``optuna.TrialPruned`` when the pruner stops
+  the trial (let it propagate), and stops the loop early when the pipeline has seen enough.
+
+The return value is ignored: the pipeline keeps what ``report`` was told and restores the
+weights of the best reported epoch afterwards. :func:`fit` is the built-in loop; it meets the
+same contract.
+"""
+
+
+def fit_with(
+    fit_fn: FitFunction,
+    model: nn.Module,
+    splits: Any,
+    hparams: HParams,
+    epochs: int,
+    trial: optuna.trial.BaseTrial | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    maximize: bool = True,
+    accuracy: bool = True,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    until: Callable[[Sequence[EpochStats]], bool] | None = None,
+) -> FitResult:
+    """Run a user training function (see :data:`FitFunction`) as :func:`fit` runs the built-in one.
+
+    The trial sees what :func:`fit` gives it: every reported metric as an intermediate value,
+    the validation losses as the user attr ``val_loss`` and, for an ``accuracy`` metric, the
+    chance level of the validation split, so that ranking and pruners work unchanged. The model
+    ends with the weights of its best reported epoch (by ``maximize``).
+
+    Returns:
+        A :class:`FitResult` whose ``best_val_accuracy`` holds the best reported metric.
+
+    Raises:
+        UserFitError: ``fit_fn`` raised, or reported nothing.
+        DivergedError: A reported metric or loss is NaN or infinite.
+        optuna.TrialPruned: The trial's pruner stopped it.
+    """
+    import optuna
+
+    device = torch.device(device)
+    model.to(device)
+    history: list[EpochStats] = []
+    best: dict[str, Any] = {"value": None, "epoch": -1, "state": None}
+    started = [time.perf_counter()]
+    if trial is not None:
+        if accuracy:
+            trial.set_user_attr(CHANCE_ATTR, majority_accuracy(splits.val))
+            trial.set_user_attr(VAL_SIZE_ATTR, len(splits.val))
+        if not (accuracy and maximize):  # how ranking reads a metric without a chance level
+            trial.set_user_attr(DIRECTION_ATTR, "maximize" if maximize else "minimize")
+
+    def report(epoch: int, metric: float, loss: float | None = None) -> None:
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch != len(history):
+            raise UserFitError(f"report(epoch={epoch!r}, …): epochs are reported in order from 0; "
+                               f"expected {len(history)}")
+        value = float(metric)
+        val_loss = float(loss) if loss is not None else math.nan
+        if not math.isfinite(value) or (loss is not None and not math.isfinite(val_loss)):
+            raise DivergedError(epoch, val_loss if loss is not None else value)
+        now = time.perf_counter()
+        stats = EpochStats(epoch=epoch, train_loss=math.nan, val_accuracy=value, val_loss=val_loss,
+                           lr=math.nan, seconds=now - started[0])
+        started[0] = now
+        history.append(stats)
+        if best["value"] is None or (value > best["value"] if maximize else value < best["value"]):
+            best.update(value=value, epoch=epoch, state=_snapshot(model))
+        if on_epoch is not None:
+            on_epoch(stats)
+        if trial is not None:
+            if all(math.isfinite(h.val_loss) for h in history):
+                trial.set_user_attr(VAL_LOSS_ATTR, [round(h.val_loss, 6) for h in history])
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with validation metric {value:.4g}")
+        if until is not None and until(history):
+            raise _StopTraining
+
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            try:
+                fit_fn(model, splits, hparams, epochs, report)
+            except (_StopTraining, optuna.TrialPruned, DivergedError, UserFitError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's loop may raise anything
+                text = " ".join(str(exc).split())
+                raise UserFitError(f"[training] fit raised {type(exc).__name__}"
+                                   + (f": {text}" if text else "")) from exc
+    except _StopTraining:
+        pass
+    finally:
+        if best["state"] is not None:
+            _load_snapshot(model, best["state"])
+    if not history:
+        raise UserFitError("[training] fit returned without calling report(epoch, metric, loss) once; "
+                           "call it after every epoch")
+    return FitResult(best_val_accuracy=best["value"], best_epoch=best["epoch"], history=history)

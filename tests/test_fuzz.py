@@ -1,19 +1,25 @@
 """Broken configs and files fail `safs-optuna run` cleanly: one line, the right exit, nothing written.
 
 Every case of the table writes the tiny study config (tests/_tiny.py) into a fresh folder,
-breaks one thing — the TOML, a key, a value, the storage, the data folder, the dense checkpoint,
-an option — and runs ``safs_optuna.cli.main`` in-process. Each must exit 2 (a usage mistake:
-the config or the command line) or 1 (a file or place that cannot be used), print exactly one
-line on stderr that starts ``safs-optuna: `` and names the key or file, print no traceback, and
-leave the folder as it was: no database, no artifacts folder, no log.
+breaks one thing — the TOML, a key, a value, the storage, the data folder, a dataset download,
+the dense checkpoint, an option — and runs ``safs_optuna.cli.main`` in-process. Each must exit 2
+(a usage mistake: the config or the command line, or data it names that is not on this machine
+and could not be fetched) or 1 (a file or place that cannot be used), print exactly one line on
+stderr that starts ``safs-optuna: `` and names the key or file, print no traceback, and leave the
+folder as it was: no database, no artifacts folder, no log, no half-downloaded data.
+
+A second table breaks the artifact store while a run stores its checkpoints: the folder gone,
+replaced by a file, unwritable, the disk full. Each must stop the run with one such line, exit 1.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +32,7 @@ import torch
 
 from safs_optuna import cli
 
+from ._offline import FAILURES, block_network, serve
 from ._tiny import TINY
 
 BASE = TINY.format(trials=3)
@@ -101,6 +108,7 @@ class Case:
     names: tuple[str, ...]
     xfail: str = ""
     marks: list = field(default_factory=list)
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # e.g. the network blocked
 
 
 def run_args(folder: Path, text: str = BASE, *extra: str, command: str = "run") -> list[str]:
@@ -169,6 +177,29 @@ def storage(id: str, url: str | Callable[[Path], str], code: int, names: tuple[s
         return run_args(d, set_key(BASE, "", "storage", f'"{value}"'))
 
     return Case(id, make, code, names)
+
+
+def download(dataset: str, folder: str, failure: str, offline: str) -> Case:
+    """``[data] name = dataset`` with ``download = true`` into the empty folder ``data``, the
+    network blocked, and the download failing as ``FAILURES[failure]`` says."""
+    fetch, words = FAILURES[failure]
+
+    def make(d: Path) -> list[str]:
+        text = set_key(BASE, "data", "name", f'"{dataset}"')
+        text = set_key(set_key(text, "data", "root", '"data"'), "data", "download", "true")
+        return run_args(d, text)
+
+    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
+        from safs_optuna import data as data_mod
+
+        block_network(monkeypatch)
+        monkeypatch.setattr(data_mod, "SYSTEM_FASHION_MNIST_DIRS", ())  # a Debian copy would be used
+        if fetch is not None:
+            serve(monkeypatch, fetch)
+
+    return Case(f"download-{dataset}-{failure}", make, USAGE,
+                (f"dataset {dataset!r}", f"data/{folder}", words, "To run offline", "[data] root", offline),
+                patch=patch)
 
 
 def mkdir(*parts: str) -> Callable[[Path], None]:
@@ -358,8 +389,8 @@ CASES: list[Case] = [
     edit("data", "name", '"idx:"', names=("folder",)),
     Case("idx-empty-folder",
          lambda d: mkdir("data")(d) or run_args(d, set_key(BASE, "data", "name", '"idx:data"')),
-         RUNTIME, ("data", "train-images-idx3-ubyte")),
-    data("idx-missing-test-labels", RUNTIME, ("t10k-labels",), t10k_labels_idx1_ubyte=None),
+         USAGE, ("data", "train-images-idx3-ubyte")),
+    data("idx-missing-test-labels", USAGE, ("t10k-labels",), t10k_labels_idx1_ubyte=None),
     data("idx-garbage-images", RUNTIME, ("train-images", "magic"), train_images_idx3_ubyte=b"garbage" * 99),
     data("idx-empty-images", RUNTIME, ("train-images",), train_images_idx3_ubyte=b""),
     data("idx-unknown-type", RUNTIME, ("train-images", "type code"),
@@ -392,6 +423,15 @@ CASES: list[Case] = [
     data("idx-images-too-small-for-lenet5", USAGE, ("[model] name", "lenet5", "12"),
          train_images_idx3_ubyte=idx(np.zeros((N, 8, 8))), t10k_images_idx3_ubyte=idx(np.zeros((10, 8, 8)))),
     data("idx-fewer-images-than-a-batch", USAGE, ("[protocol] batch_size", "256")),
+    # --- named datasets that are not on this machine: not there, or the download fails ---
+    Case("dataset-missing-download-off", lambda d: run_args(d, set_key(set_key(
+        BASE, "data", "name", '"mnist"'), "data", "root", '"data"')), USAGE,
+        ("'mnist'", "not found", "data/MNIST/raw", "download=True")),
+    *(download(dataset, folder, failure, offline)
+      for dataset, folder, offline in (("mnist", "MNIST/raw", "idx:<dir>"),
+                                       ("fashion_mnist", "FashionMNIST/raw", "idx:<dir>"),
+                                       ("cifar10", "cifar-10-batches-py", "folder:<dir>"))
+      for failure in FAILURES),
     # --- sizes only the data can tell ---
     edit("activations", "fraction", "0.01", names=("batch_size", "256")),
     edit("hpo", "fraction", "0.001", names=("batch_size",)),
@@ -415,7 +455,7 @@ CASES: list[Case] = [
     checkpoint("checkpoint-empty", write("w.pt", b""), ("cannot be read",)),
     checkpoint("checkpoint-text", write("w.pt", b"0.weight = 1\n"), ("cannot be read",)),
     checkpoint("checkpoint-foreign-pickle", pickled("w.pt"), ("cannot be read",)),
-    checkpoint("checkpoint-a-tensor", save("w.pt", torch.zeros(3)), ("does not fit",)),
+    checkpoint("checkpoint-a-tensor", save("w.pt", torch.zeros(3)), ("not a state_dict",)),
     checkpoint("checkpoint-empty-dict", save("w.pt", {}), ("does not fit", "Missing")),
     checkpoint("checkpoint-wrong-shape", save("w.pt", state_dict(**{"11.weight": (100, 84)})),
                ("does not fit", "size mismatch")),
@@ -482,7 +522,10 @@ def test_the_table_is_large_and_every_case_is_distinct():
 
 
 @pytest.mark.parametrize("case", _params())
-def test_broken_input_fails_in_one_line_and_writes_nothing(case: Case, tmp_path, capsys, no_pipeline):
+def test_broken_input_fails_in_one_line_and_writes_nothing(case: Case, tmp_path, capsys, no_pipeline,
+                                                            monkeypatch):
+    if case.patch is not None:
+        case.patch(monkeypatch)
     argv = case.make(tmp_path)
     before = _snapshot(tmp_path)
     capsys.readouterr()
@@ -536,3 +579,117 @@ def test_a_worker_refuses_a_bad_skip_before_writing(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("safs-optuna: ") and "conv9" in lines[0]
     assert _snapshot(tmp_path) == before
+
+
+# --- artifacts that fail while a run stores them ---------------------------------------------
+
+
+@dataclass
+class Midrun:
+    """The artifact store breaks during a run: ``damage(folder, monkeypatch)`` runs while the
+    sparse stage writes its checkpoint (the dense one is stored already), or (``after_dense``)
+    right after the dense checkpoint was uploaded, before the sparse stage reads it."""
+
+    id: str
+    damage: Callable[[Path, pytest.MonkeyPatch], None]
+    names: tuple[str, ...]
+    after_dense: bool = False
+
+
+def _copy_into(then: Callable[[object], None]) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    """Copies into the artifact folder (its writes) call ``then(destination)`` first."""
+
+    def damage(arts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = shutil.copyfileobj
+
+        def copy(src, dst, *args):
+            if Path(getattr(dst, "name", "")).parent == arts:
+                then(dst)
+            return real(src, dst, *args)
+
+        monkeypatch.setattr(shutil, "copyfileobj", copy)
+
+    return damage
+
+
+def _fail(exc: OSError) -> Callable[[object], None]:
+    def then(dst) -> None:
+        dst.write(b"half a checkpoint")
+        raise exc
+
+    return then
+
+
+def _temp_disk_full(arts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    usage = shutil.disk_usage(arts)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=0))
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # torch.save's
+
+
+def _replace_by_file(arts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.rmtree(arts)
+    arts.write_text("not a folder")
+
+
+def _keeps_vanishing(dst) -> None:
+    shutil.rmtree(Path(dst.name).parent)
+
+
+MIDRUN = [
+    Midrun("artifacts-and-parent-removed", lambda arts, mp: shutil.rmtree(arts.parent),
+           ("cannot write sparse.pt", "parent", "are gone", "run the same command again")),
+    Midrun("artifacts-replaced-by-a-file", _replace_by_file, ("cannot write sparse.pt", "is a file, not a folder")),
+    Midrun("artifacts-keep-vanishing", _copy_into(_keeps_vanishing), ("vanished again after it was re-created",)),
+    Midrun("artifacts-disk-full", _copy_into(_fail(OSError(errno.ENOSPC, "No space left on device"))),
+           ("no space left", "free some space")),
+    Midrun("artifacts-not-writable", _copy_into(_fail(PermissionError(errno.EACCES, "Permission denied"))),
+           ("not writable",)),
+    Midrun("artifacts-temporary-disk-full", _temp_disk_full, ("cannot write sparse.pt", "temporary folder",
+                                                             "no space left")),
+    Midrun("artifacts-removed-before-a-stage-reads-them", lambda arts, mp: shutil.rmtree(arts),
+           ("stage 'dense'", "the folder is gone", "--rerun dense"), after_dense=True),
+    Midrun("artifact-file-lost-before-a-stage-reads-it",
+           lambda arts, mp: [f.unlink() for f in arts.iterdir()], ("stage 'dense'", "the file is missing",
+                                                                  "--rerun dense"), after_dense=True),
+]
+
+
+@pytest.mark.parametrize("case", MIDRUN, ids=lambda c: c.id)
+def test_an_artifact_that_fails_during_a_run_stops_it_in_one_line(case: Midrun, tmp_path, capsys, monkeypatch):
+    from safs_optuna.pipeline import runner
+
+    torch.save(state_dict(), tmp_path / "w.pt")  # no dense training: the failure comes in seconds
+    text = set_key(set_key(BASE, "dense", "checkpoint", '"w.pt"'), "", "artifacts", '"out/arts"')
+    argv = run_args(tmp_path, text)
+    arts = tmp_path / "out" / "arts"
+    calls = []
+    if case.after_dense:
+        real_store = runner.Pipeline._store
+
+        def store(self, *args, **kwargs):
+            real_store(self, *args, **kwargs)
+            if not calls:
+                calls.append(1)
+                case.damage(arts, monkeypatch)
+
+        monkeypatch.setattr(runner.Pipeline, "_store", store)
+    else:
+        real_save = runner.save_checkpoint
+
+        def save(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:  # the sparse stage's: the folder exists since the dense one
+                case.damage(arts, monkeypatch)
+            real_save(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "save_checkpoint", save)
+    capsys.readouterr()
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("safs-optuna: ")]
+    assert "Traceback" not in err, err
+    assert len(errors) == 1 and err.strip().endswith(errors[0]), err
+    assert str(arts) in errors[0], errors[0]
+    for name in case.names:
+        assert name in errors[0], f"{name!r} not in {errors[0]!r}"
+    assert code == RUNTIME, errors[0]

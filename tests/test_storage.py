@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -14,15 +16,18 @@ from optuna.trial import TrialState
 from safs_optuna.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
+    ArtifactStoreError,
     NoStudyError,
     StorageError,
     check_storage,
     check_url,
     make_artifact_store,
     make_storage,
+    read_failure,
     redact,
     sqlite_path,
     stale_trial_callback,
+    staging,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,18 +125,149 @@ def test_in_memory_sqlite_works_and_writes_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_artifact_store_creates_its_folder(tmp_path):
+def test_artifact_store_creates_its_folder_with_the_first_upload(tmp_path):
     folder = tmp_path / "deep" / "artifacts"
     store = make_artifact_store(folder)
-    assert folder.is_dir()
+    assert not (tmp_path / "deep").exists()  # a run that stops before storing anything leaves none
     src = tmp_path / "f.txt"
     src.write_text("hello")
     storage = make_storage(f"sqlite:///{tmp_path / 'a.db'}")
     study = optuna.create_study(storage=storage)
     artifact_id = optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(src),
                                                    study_or_trial=study)
+    assert folder.is_dir()
     with store.open_reader(artifact_id) as f:
         assert f.read() == b"hello"
+
+
+# --------------------------------------------------------------------------- artifact failures
+def _upload(store, tmp_path: Path, content: bytes = b"weights" * 1000) -> str:
+    src = tmp_path / "upload.pt"
+    src.write_bytes(content)
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'art.db'}"), study_name="s",
+                                load_if_exists=True)
+    return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(src), study_or_trial=study)
+
+
+def _one_line(exc: BaseException, *names: str) -> str:
+    message = str(exc)
+    assert "\n" not in message and message.startswith("artifact store "), message
+    for name in names:
+        assert name in message, f"{name!r} not in {message!r}"
+    return message
+
+
+def test_a_vanished_artifact_folder_is_recreated_once(tmp_path, caplog):
+    folder = tmp_path / "arts"
+    store = make_artifact_store(folder)
+    _upload(store, tmp_path)
+    assert not caplog.records  # the first upload makes the folder: nothing to say
+    shutil.rmtree(folder)
+    artifact_id = _upload(store, tmp_path)
+    with store.open_reader(artifact_id) as f:
+        assert f.read() == b"weights" * 1000
+    (record,) = caplog.records  # the files stored before are gone: the run says so once
+    assert str(folder) in record.getMessage() and "re-created" in record.getMessage()
+
+
+def test_a_folder_removed_while_a_file_is_written_is_written_again(tmp_path, monkeypatch):
+    folder = tmp_path / "arts"
+    store = make_artifact_store(folder)
+    _upload(store, tmp_path)
+    real = shutil.copyfileobj
+    removals = []
+
+    def copy_then_vanish(src, dst, *args):  # the folder goes while the file is open
+        real(src, dst, *args)
+        if not removals:
+            removals.append(dst.name)
+            shutil.rmtree(folder)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_vanish)
+    artifact_id = _upload(store, tmp_path)
+    assert removals and (folder / artifact_id).read_bytes() == b"weights" * 1000
+
+
+def test_an_artifact_folder_that_keeps_vanishing_stops_in_one_line(tmp_path, monkeypatch):
+    folder = tmp_path / "arts"
+    store = make_artifact_store(folder)
+    _upload(store, tmp_path)
+    real = shutil.copyfileobj
+
+    def copy_then_vanish(src, dst, *args):
+        real(src, dst, *args)
+        shutil.rmtree(folder)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_vanish)
+    with pytest.raises(ArtifactStoreError) as err:
+        _upload(store, tmp_path)
+    _one_line(err.value, str(folder), "vanished again after it was re-created", "run the same command again")
+
+
+def test_an_artifact_folder_whose_parent_vanished_is_not_recreated(tmp_path):
+    folder = tmp_path / "mnt" / "arts"
+    store = make_artifact_store(folder)
+    _upload(store, tmp_path)
+    shutil.rmtree(tmp_path / "mnt")  # an unmounted drive: nothing may land below its mount point
+    with pytest.raises(ArtifactStoreError) as err:
+        _upload(store, tmp_path)
+    _one_line(err.value, str(folder), "parent", "no longer mounted")
+    assert not (tmp_path / "mnt").exists()
+    with pytest.raises(ArtifactStoreError) as err:  # reading names the cause, not a fix
+        store.open_reader("x")
+    assert "gone" in _one_line(err.value, str(folder))
+
+
+def test_an_artifact_folder_replaced_by_a_file_stops_in_one_line(tmp_path):
+    folder = tmp_path / "arts"
+    store = make_artifact_store(folder)
+    _upload(store, tmp_path)
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    with pytest.raises(ArtifactStoreError) as err:
+        _upload(store, tmp_path)
+    _one_line(err.value, str(folder), "is a file, not a folder")
+
+
+def test_a_full_disk_is_not_retried_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    folder = tmp_path / "arts"
+    store = make_artifact_store(folder)
+    _upload(store, tmp_path)
+    calls = []
+
+    def half_then_full(src, dst, *args):
+        calls.append(dst.name)
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", half_then_full)
+    with pytest.raises(ArtifactStoreError) as err:
+        _upload(store, tmp_path)
+    _one_line(err.value, str(folder), "no space left", "free some space")
+    assert len(calls) == 1
+    assert len(list(folder.iterdir())) == 1  # the first upload only: the cut-off file is gone
+
+
+def test_a_full_temporary_disk_before_the_upload_is_one_line(tmp_path, monkeypatch):
+    store = make_artifact_store(tmp_path / "arts")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=0))
+    with pytest.raises(ArtifactStoreError) as err:  # how torch.save reports a full disk
+        with staging(store, "dense.pt", tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    _one_line(err.value, "dense.pt", "no space left", str(tmp_path))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10**9))
+    with pytest.raises(RuntimeError, match="a bug"):  # with space left, the error is not a full disk
+        with staging(store, "dense.pt", tmp_path):
+            raise RuntimeError("a bug")
+
+
+def test_a_missing_artifact_in_a_present_folder_stays_not_found(tmp_path):
+    store = make_artifact_store(tmp_path / "arts")
+    _upload(store, tmp_path)
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):
+        store.open_reader("no-such-artifact")
+    assert read_failure(optuna.artifacts.exceptions.ArtifactNotFound("not found")) == "the file is missing"
 
 
 # --------------------------------------------------------------------------- Optuna versions

@@ -296,8 +296,8 @@ def test_rejects_bad_arguments(splits: Splits) -> None:
     with pytest.raises(TypeError, match="HParams"):
         fit(mlp(), splits, {"lr": 0.1}, 1)  # type: ignore[arg-type]
     bad = copy.copy(splits)
-    bad.train = list(splits.train)  # type: ignore[assignment]
-    with pytest.raises(TypeError, match="splits.train must be a torch TensorDataset, got list"):
+    bad.train = iter(splits.train)  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="splits.train must be a map-style torch Dataset, got"):
         fit(mlp(), bad, HParams(), 1)
 
 

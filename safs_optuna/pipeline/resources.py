@@ -23,15 +23,24 @@ from ..config import StudyConfig
 from ..models import build_model, make_searchable, sites
 from ..space import ActivationSpace
 from ..sparsity import magnitude_prune
-from ..storage import make_artifact_store
+from ..sources import call_accepting
+from ..storage import make_artifact_store, read_failure, staging
+from .usercode import UserCode
 
 __all__ = ["Resources", "load_splits", "default_threads", "set_threads"]
 
 
-def load_splits(cfg: StudyConfig) -> data_mod.Splits:
-    """The config's dataset, split into train / val / test with the study's seed."""
+def load_splits(cfg: StudyConfig, code: UserCode | None = None) -> data_mod.Splits:
+    """The config's dataset (or the user's data), split into train / val / test with the study's seed."""
     d = cfg.data
-    return data_mod.load(d.name, root=d.root, val_size=d.val_size, seed=cfg.seed, download=d.download)
+    if code is not None and code.data is not None:
+        value = code.data
+        if callable(value) and not isinstance(value, data_mod.Splits):
+            value = call_accepting(value, {"root": d.root, "seed": cfg.seed}, {}, f"[data] name {d.name!r}")
+        return data_mod.as_splits(value, d.name, val_size=d.val_size, seed=cfg.seed, num_classes=d.num_classes)
+    return data_mod.load(d.name, root=d.root, val_size=d.val_size, seed=cfg.seed, download=d.download,
+                         image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
+                         search_dir=cfg.path.parent if cfg.path is not None else None)
 
 
 def default_threads(workers: int) -> int:
@@ -49,10 +58,13 @@ class Resources:
     Args:
         cfg: The study config.
         best_trial: Returns the finished trial of a "once" stage (to fetch its checkpoint).
+        code: The user's model, data, loop and test metric (imported or given), if any.
     """
 
-    def __init__(self, cfg: StudyConfig, best_trial: Callable[[str], FrozenTrial | None]) -> None:
+    def __init__(self, cfg: StudyConfig, best_trial: Callable[[str], FrozenTrial | None],
+                 code: UserCode | None = None) -> None:
         self.cfg = cfg
+        self.code = code or UserCode()
         self.artifacts = make_artifact_store(cfg.artifacts)
         self._best_trial = best_trial
         self._splits: data_mod.Splits | None = None
@@ -65,7 +77,7 @@ class Resources:
     @property
     def splits(self) -> data_mod.Splits:
         if self._splits is None:
-            self._splits = load_splits(self.cfg)
+            self._splits = load_splits(self.cfg, self.code)
         return self._splits
 
     def search_splits(self, fraction: float) -> data_mod.Splits:
@@ -77,9 +89,28 @@ class Resources:
 
     @property
     def arch(self) -> dict[str, Any]:
+        """What builds the network: the model source and the data's shape (stored in checkpoints)."""
         s = self.splits
-        return {"name": self.cfg.model.name, "num_classes": s.num_classes,
+        arch = {"name": self.cfg.model.name, "num_classes": s.num_classes,
                 "in_channels": s.in_channels, "image_size": s.image_size}
+        if self.cfg.model.kwargs:
+            arch["kwargs"] = dict(self.cfg.model.kwargs)
+        return arch
+
+    def build(self) -> nn.Module:
+        """A new network from the config's model source, with plain activations."""
+        arch = {k: v for k, v in self.arch.items() if k not in ("name", "kwargs")}
+        factory = self.code.model_factory()
+        if factory is not None:
+            model = call_accepting(factory, arch, dict(self.cfg.model.kwargs), f"[model] name {self.cfg.model.name!r}")
+            if not isinstance(model, nn.Module):
+                from ..sources import SourceError
+
+                raise SourceError(f"[model] name {self.cfg.model.name!r} returned {type(model).__name__}, "
+                                  "not a torch.nn.Module")
+            return model
+        folder = str(self.cfg.path.parent) if self.cfg.path is not None else None
+        return build_model(self.cfg.model.name, **arch, kwargs=self.cfg.model.kwargs, search_dir=folder)
 
     @property
     def space(self) -> ActivationSpace:
@@ -95,7 +126,7 @@ class Resources:
         """The network's own activation at every site (ReLU for most, Swish for EfficientNet-B0):
         the baseline's, the ablations' and the activation search's start point."""
         if self._own is None:  # built once per worker: every trial and stage asks for it
-            model = make_searchable(build_model(**self.arch))
+            model = make_searchable(self.build())
             self._own = {site: model.get_submodule(site).tree for site in sites(model)}
         return dict(self._own)
 
@@ -113,9 +144,10 @@ class Resources:
                 optuna.artifacts.download_artifact(artifact_store=self.artifacts, artifact_id=artifact_id,
                                                    file_path=str(dest))
             except Exception as exc:  # the store raises different types for a missing file
+                dest.unlink(missing_ok=True)  # a partial copy must not pass for the checkpoint later
                 raise PipelineError(
                     f"the checkpoint of stage {stage_name!r} (artifact {artifact_id} in {self.cfg.artifacts}) "
-                    f"cannot be read ({type(exc).__name__}); restore that folder, or run the stage again "
+                    f"cannot be read ({read_failure(exc)}); restore that folder, or run the stage again "
                     f"with `safs-optuna run {self.cfg.path or 'CONFIG'} --rerun {stage_name}`") from None
         return dest
 
@@ -125,10 +157,22 @@ class Resources:
         from .studies import PipelineError
 
         try:
-            return load_checkpoint(self.checkpoint_of(stage_name))
+            return load_checkpoint(self.checkpoint_of(stage_name), build=self.build)
         except CheckpointError as exc:
             raise PipelineError(f"stage {stage_name!r}: {exc}; run the stage again with "
                                 f"`safs-optuna run {self.cfg.path or 'CONFIG'} --rerun {stage_name}`") from None
+
+    def pruned_model(self) -> nn.Module:
+        """The user's already-sparse network (``[sparsity] checkpoint``), searchable, masks fixed."""
+        from ..checkpoint import CheckpointError, load_pruned_weights
+        from .studies import PipelineError
+
+        model = self.build()
+        try:
+            load_pruned_weights(model, self.cfg.sparsity.checkpoint, name=self.cfg.model.name)
+        except CheckpointError as exc:
+            raise PipelineError(str(exc)) from None
+        return make_searchable(model)
 
     def dense_model(self) -> nn.Module:
         """A fresh copy of the network the dense stage stored."""
@@ -144,7 +188,8 @@ class Resources:
         trial's progress attr still names (the caller drops the older file once it names this one).
         """
         path = Path(self.tmp.name) / "progress.pt"
-        save_checkpoint(path, model, self.arch, epoch=epoch)
+        with staging(self.artifacts, path.name, path.parent):
+            save_checkpoint(path, model, self.arch, epoch=epoch)
         artifact_id = f"progress-{uuid.uuid4()}.pt"
         with open(path, "rb") as f:
             self.artifacts.write(artifact_id, f)
@@ -163,10 +208,11 @@ class Resources:
             optuna.artifacts.download_artifact(artifact_store=self.artifacts, artifact_id=artifact_id,
                                                file_path=str(dest))
         except Exception as exc:  # the store raises different types for a missing file
+            dest.unlink(missing_ok=True)
             raise CheckpointError(f"{artifact_id} in {self.cfg.artifacts} cannot be read "
-                                  f"({type(exc).__name__})") from None
+                                  f"({read_failure(exc)})") from None
         try:
-            model, ckpt = load_checkpoint(dest)
+            model, ckpt = load_checkpoint(dest, build=self.build)
         finally:
             dest.unlink(missing_ok=True)
         if not isinstance(ckpt.get("epoch"), int):

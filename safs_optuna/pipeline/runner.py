@@ -24,19 +24,21 @@ from ..activation import OperatorTree
 from ..allocator import retain_freed_memory
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..config import StudyConfig
-from ..models import build_model, make_searchable, sites
+from ..models import make_searchable, sites
 from ..pruners import REASON_ATTR, DivergencePruner, IncumbentPruner
 from ..ranking import chance_band, trial_score
 from ..report import ResultRow, dashboard_note, markdown_table, paper_row
 from ..samplers import LAHCSampler
 from ..samplers.seeded import PositionSeededSampler, position_seed
 from ..sparsity import cubic_sparsity, sparsity_report
-from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY
-from ..training import DivergedError, EpochStats, FitResult, HParams, evaluate, fit, majority_accuracy
+from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, staging
+from ..training import (DivergedError, EpochStats, FitResult, HParams, UserFitError, evaluate, fit, fit_with,
+                        majority_accuracy)
 from .cores import CorePool
 from .protocols import default_protocol_params, hparams_from_params, suggest_hparams
 from .resources import Resources
 from .stages import COLUMN_STAGES, Stage, stage as stage_of
+from .usercode import UserCode
 from .studies import INPUTS_ATTR, PROGRESS_ATTR, START_ATTR, PipelineError, StageStatus, Studies, all_stages
 
 __all__ = ["Pipeline", "work_all", "POLL_SECONDS", "AUTO_FLOOR"]
@@ -49,6 +51,8 @@ STALE_CHECK_SECONDS = 2.0
 period that makes a trial stale, when that is shorter)."""
 AUTO_FLOOR = 2
 """Fewest epochs per candidate that ``epochs = "auto"`` chooses."""
+MAX_FIT_ERRORS = 3
+"""Failed trials of a user's training loop after which a search stage stops, if none finished."""
 DUPLICATE_ATTR = "duplicate_of"
 """User attr of a once-stage trial left unrun (FAIL) because trial N of the stage already ran."""
 
@@ -115,15 +119,15 @@ class Pipeline:
 
     def __init__(self, cfg: StudyConfig, worker: int = 0, log: Callable[[str], None] | None = None,
                  heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD,
-                 create: bool = True) -> None:
+                 create: bool = True, code: UserCode | None = None) -> None:
         self.cfg = cfg
         self.worker = worker
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.stages = all_stages(cfg.ablations)
+        self.stages = all_stages(cfg)
         self.studies = Studies(cfg, self.stages, self._sampler, self._pruner, self._start_params,
                                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                                create=create)
-        self.res = Resources(cfg, lambda name: self.status(name).best_trial)
+        self.res = Resources(cfg, lambda name: self.status(name).best_trial, UserCode.from_config(cfg, code))
         self._announced: set[str] = set()
         self.cores: CorePool | None = None  # set by work_all: threads lent by idle workers
 
@@ -310,19 +314,31 @@ class Pipeline:
             study.tell(trial, value)
             if stage.column and self.is_done(self._safs_stage().name):
                 self._write_note(plot=stage.column == "SAFS")
-            self.log(f"{stage.name}: done in {time.time() - start:.0f}s — val {value:.2f}%, "
+            self.log(f"{stage.name}: done in {time.time() - start:.0f}s — val {self._shown(value)}, "
                      f"test {trial.user_attrs.get('test_accuracy', float('nan')):.2f}%")
             return True
         return False
 
     def _run_search_trial(self, stage: Stage, st: StageStatus) -> bool:
-        if not st.waiting and st.finished + st.running >= st.budget:
+        if not st.waiting and st.spent + st.running >= st.budget:
             return False  # the last trials are running elsewhere
         if self.studies.fidelity(stage)[0] is None and not self._start_waiting(stage):
             return False  # "auto" epochs: the start trial, running elsewhere, measures them first
         study = self.study(stage)
-        study.optimize(lambda trial: self._search(stage, trial), n_trials=1, gc_after_trial=False)
+        study.optimize(lambda trial: self._search(stage, trial), n_trials=1, gc_after_trial=False,
+                       catch=(UserFitError,))
+        self._check_fit_errors(stage)
         return True
+
+    def _check_fit_errors(self, stage: Stage) -> None:
+        """A user loop that fails a trial fails that trial (it counts against the budget, as a
+        retry would fail again); one that failed ``MAX_FIT_ERRORS`` trials, or the whole budget,
+        with none finished stops the stage."""
+        st = self.status(stage)
+        if st.errored and not st.finished and st.errored >= min(MAX_FIT_ERRORS, st.budget):
+            raise PipelineError(f"stage {stage.name!r}: the training loop failed in {st.errored} trials and "
+                                f"none finished; the last, {st.last_error}. Fix it and run the same command "
+                                "again: the search goes on")
 
     def _start_waiting(self, stage: Stage) -> bool:
         waiting = self.study(stage).get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -361,11 +377,23 @@ class Pipeline:
     def _fit(self, model: nn.Module, splits: Any, hp: HParams, epochs: int, label: str,
              trial: optuna.Trial | None, until: Callable[[Sequence[EpochStats]], bool] | None = None
              ) -> FitResult:
+        training = self.cfg.training
+        user_fit = self.res.code.fit
+
         def on_epoch(stats: EpochStats) -> None:
-            self.log(f"{label} epoch {stats.epoch + 1}/{epochs} loss {stats.train_loss:.3f} "
-                     f"val {stats.val_accuracy:.2f}% ({stats.seconds:.1f}s)")
+            if user_fit is None:
+                self.log(f"{label} epoch {stats.epoch + 1}/{epochs} loss {stats.train_loss:.3f} "
+                         f"val {stats.val_accuracy:.2f}% ({stats.seconds:.1f}s)")
+            else:
+                self.log(f"{label} epoch {stats.epoch + 1}/{epochs} {training.metric} {stats.val_accuracy:.4g} "
+                         f"val loss {stats.val_loss:.4g} ({stats.seconds:.1f}s)")
+        if user_fit is not None:
+            return fit_with(user_fit, model, splits, hp, epochs, trial, device=self.cfg.device, seed=self.cfg.seed,
+                            maximize=training.direction == "maximize", accuracy=training.is_accuracy,
+                            on_epoch=on_epoch, until=until)
         return fit(model, splits, hp, epochs, trial=trial, device=self.cfg.device, seed=self.cfg.seed,
-                   progress=False, on_epoch=on_epoch, until=until, on_batch=self._working_on)
+                   progress=False, on_epoch=on_epoch, until=until, on_batch=self._working_on,
+                   loader_workers=self.cfg.data.loader_workers)
 
     def _working(self) -> None:
         """A trial starts here: take back this worker's lent threads, borrow idle workers'."""
@@ -388,16 +416,34 @@ class Pipeline:
     def _store(self, trial: optuna.Trial, model: nn.Module, filename: str, learn_scale: bool) -> None:
         path = Path(self.res.tmp.name) / "upload" / str(trial.number) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, model, self.res.arch, learn_scale=learn_scale)
+        with staging(self.res.artifacts, filename, path.parent):
+            save_checkpoint(path, model, self.res.arch, learn_scale=learn_scale)
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.res.artifacts, file_path=str(path),
                                                        study_or_trial=trial)
         trial.set_user_attr("checkpoint", artifact_id)
 
+    def _shown(self, value: float) -> str:
+        """A validation value as the log shows it: accuracy in percent, a user metric by name."""
+        training = self.cfg.training
+        return f"{value:.2f}%" if training.is_accuracy else f"{training.metric} {value:.4g}"
+
+    def _test_score(self, model: nn.Module) -> float:
+        """The model's test metric: the user's ``[training] evaluate``, else top-1 accuracy."""
+        if self.res.code.evaluate is not None:
+            model.to(self.cfg.device).eval()
+            try:
+                with torch.no_grad():
+                    return float(self.res.code.evaluate(model, self.splits.test))
+            except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+                raise PipelineError(f"[training] evaluate raised {type(exc).__name__}: {exc}") from None
+        return evaluate(model, self.splits.test, device=self.cfg.device,
+                        loader_workers=self.cfg.data.loader_workers).accuracy
+
     def _finish_once(self, stage: Stage, trial: optuna.Trial, model: nn.Module, result: FitResult,
                      learn_scale: bool, hp: HParams, epochs: int) -> float:
-        test = evaluate(model, self.splits.test, device=self.cfg.device)
+        test = self._test_score(model)
         layers = sparsity_report(model).layers
-        self._record(trial, model, {"test_accuracy": round(test.accuracy, 4),
+        self._record(trial, model, {"test_accuracy": round(test, 4),
                                     "layer_density": {x.name: [x.total, round(100 * (1 - x.ratio), 3)]
                                                       for x in layers},
                                     "val_accuracy": round(result.best_val_accuracy, 4),
@@ -409,12 +455,12 @@ class Pipeline:
     # ----------------------------------------------------------------- stage bodies
     def _train_dense(self, stage: Stage, trial: optuna.Trial) -> float:
         torch.manual_seed(self.cfg.seed)  # the initial weights too are a function of the seed
-        model = build_model(**self.res.arch)
+        model = self.res.build()
         hp = self.cfg.protocol.hparams()
         if self.cfg.dense.checkpoint:
             self._load_user_weights(model, self.cfg.dense.checkpoint)
             make_searchable(model)
-            val = evaluate(model, self.splits.val, device=self.cfg.device).accuracy
+            val = self._val_score(model)
             result = FitResult(best_val_accuracy=val, best_epoch=0, history=[])
             epochs = 0
         else:
@@ -422,6 +468,11 @@ class Pipeline:
             epochs = self.cfg.dense.epochs
             result = self._fit(model, self.splits, hp, epochs, stage.name, trial=None)
         return self._finish_once(stage, trial, model, result, False, hp, epochs)
+
+    def _val_score(self, model: nn.Module) -> float:
+        """Validation accuracy of a model that is not trained here (loaded or just pruned)."""
+        return evaluate(model, self.splits.val, device=self.cfg.device,
+                        loader_workers=self.cfg.data.loader_workers).accuracy
 
     def _load_user_weights(self, model: nn.Module, path: str) -> None:
         from ..checkpoint import load_dense_weights
@@ -437,12 +488,15 @@ class Pipeline:
         hp = self.cfg.protocol.hparams()
         epochs = self.cfg.sparsity.gradual_epochs
         progress: str | None = None
-        if epochs:
+        if self.cfg.sparsity.checkpoint:  # the user pruned it: their masks, exactly
+            model = self.res.pruned_model()
+            val = self._val_score(model)
+        elif epochs:
             model, val, progress = self._prune_gradually(stage, trial, hp, epochs)
         else:
             model = self.res.dense_model()
             self.res.prune(model, self.cfg.sparsity.ratio)
-            val = evaluate(model, self.splits.val, device=self.cfg.device).accuracy
+            val = self._val_score(model)
         value = self._finish_once(stage, trial, model, FitResult(val, max(0, epochs - 1), []), False, hp, epochs)
         self.res.drop_progress(progress)  # only now: the stage's checkpoint replaces it
         return value
@@ -537,6 +591,10 @@ class Pipeline:
             trial.set_user_attr(REASON_ATTR, f"diverged: {exc}")
             self.log(f"{label} pruned: diverged ({exc})")
             raise optuna.TrialPruned(str(exc)) from exc
+        except UserFitError as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            self.log(f"{label} failed: {exc}")
+            raise
         except optuna.TrialPruned:
             reason = self.storage.get_trial(trial._trial_id).user_attrs.get(REASON_ATTR, "by the pruner")
             self.log(f"{label} pruned: {reason}")
@@ -544,8 +602,9 @@ class Pipeline:
         if until is not None:
             self._record_auto_epochs(stage, trial, result)
         best = self.status(stage).best_value
-        shown = max(result.best_val_accuracy, best) if best is not None else result.best_val_accuracy
-        self.log(f"{label} done: val {result.best_val_accuracy:.2f}% (best so far {shown:.2f}%)")
+        better = max if self.cfg.training.direction == "maximize" else min
+        shown = better(result.best_val_accuracy, best) if best is not None else result.best_val_accuracy
+        self.log(f"{label} done: val {self._shown(result.best_val_accuracy)} (best so far {self._shown(shown)})")
         return result.best_val_accuracy
 
     def _trial_epochs(self, stage: Stage, trial: optuna.Trial
@@ -634,7 +693,11 @@ class Pipeline:
         sp = self.cfg.sparsity
         floors = "".join(f", {glob} keeps ≥ {100 * d:g} %" for glob, d in sp.min_density.items())
         gradual = f", gradual over {sp.gradual_epochs} epochs" if sp.gradual_epochs else ""
-        lines = [f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}{floors}{gradual}):", "",
+        head = f"Density per layer after sparsity {sp.ratio:g} ({sp.scope}{floors}{gradual}):"
+        if sp.checkpoint:  # the user's masks: their own sparsity, measured
+            head = (f"Density per layer of the pruned checkpoint {Path(sp.checkpoint).name} "
+                    f"(sparsity {best.user_attrs.get('sparsity', float('nan')):.2f} %, measured):")
+        lines = [head, "",
                  "| layer | weights | kept % |", "|---|---|---|"]
         lines += [f"| `{name}` | {total} | {kept:.2f} |" for name, (total, kept) in layers.items()]
         return "\n".join(lines)
@@ -663,7 +726,8 @@ class Pipeline:
                                    existing[0].artifact_id if existing else None, study._study_id)
         if svg is not None:
             path = Path(self.res.tmp.name) / "activations.svg"
-            path.write_text(svg)
+            with staging(self.res.artifacts, path.name, path.parent):
+                path.write_text(svg)
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.res.artifacts, file_path=str(path),
                                                            study_or_trial=study, mimetype="image/svg+xml")
             note, _ = dashboard_note(self.cfg, table, self.warnings(), acts, artifact_id, study._study_id)

@@ -14,7 +14,8 @@ stage1          once    ablation: stage-1 winner with the default protocol
 stage2          once    ablation: hpo-relu winner, full fine-tune
 ==============  ======  ============================================================
 
-Every stage after ``sparse`` starts from the weights and masks that ``sparse`` stored. Other
+Every stage after ``sparse`` starts from the weights and masks that ``sparse`` stored; given a
+user's pruned network (``[sparsity] checkpoint``), ``sparse`` loads it and ``dense`` is skipped. Other
 modules never compare stage names: they read these fields.
 """
 
@@ -48,6 +49,8 @@ class Stage:
         learn_scale: Whether α and β are learned: ``True``/``False``, or ``None`` to take it from
             the protocol (the winner's, or the trial's draw from ``[hpo.space] learn_scale``).
         column: The report column this stage fills (test accuracy of its trial).
+        skipped_by: A config key (``"section.key"``) whose value, when set, makes the stage needless:
+            the stage is left out, and so are the needs of others on it.
         seed: Mixed into the config's seed for the stage's sampler (search stages; once stages
             draw nothing). Fixed per stage rather than its position in the table, so that a
             stage added to the table changes no other stage's draws and a stored study resumes
@@ -65,13 +68,15 @@ class Stage:
     protocol_from: str | None = None
     learn_scale: bool | None = False
     column: str | None = None
+    skipped_by: str | None = None
     seed: int = 0
 
 
 # Order is priority: a free worker takes the first stage with work it can claim, so the
 # critical path (dense -> activations -> hpo -> final) goes first and ablations fill waits.
 STAGES: tuple[Stage, ...] = (
-    Stage("dense", "once", body="dense", column="dense"),
+    # A user's pruned network ([sparsity] checkpoint) is loaded by "sparse": no dense stage.
+    Stage("dense", "once", body="dense", column="dense", skipped_by="sparsity.checkpoint"),
     Stage("sparse", "once", ("dense",), body="sparsify"),
     Stage("baseline", "once", ("sparse",), column="magnitude pruning"),
     Stage("activations", "search", ("sparse",), body="search", section="activations", searches="trees",

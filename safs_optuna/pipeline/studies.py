@@ -10,6 +10,7 @@ records heartbeats; a dead worker's trial is failed and re-queued by the storage
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -40,6 +41,7 @@ FIDELITY_WHY_ATTR = "epochs_reason"
 # User attr of a resumable once-stage's trial (gradual pruning), rewritten after every epoch:
 # {"epoch": epochs done, "checkpoint": artifact id of the model then, "schedule": per-epoch record}.
 PROGRESS_ATTR = "progress"
+USER_FIT_ERROR = "UserFitError"  # how the "error" attr of a trial the user's loop failed begins
 
 
 class PipelineError(RuntimeError):
@@ -65,12 +67,20 @@ class StageStatus:
     epochs_reason: str | None = None
     found_nothing: str | None = None  # a finished search stage that found nothing says why
     superseded: int = 0  # finished trials that ran with upstream winners that are no longer the winners
+    last_error: str | None = None  # "trial N: <error>" of the latest failed trial that recorded one
+    errored: int = 0  # search trials the user's training loop failed: they count against the budget
+
+    @property
+    def spent(self) -> int:
+        """Trials of a search stage that used up budget: finished, or failed by the user's loop
+        (retrying those would fail again; a trial whose worker died is retried instead)."""
+        return self.finished + self.errored
 
     @property
     def done(self) -> bool:
         if self.stage.kind == "once":  # a queued or running re-run is not done yet
             return self.exists and self.best_trial is not None and not (self.waiting or self.running)
-        return self.exists and self.finished >= self.budget
+        return self.exists and self.spent >= self.budget
 
 
 def quiet_optuna() -> None:
@@ -153,7 +163,7 @@ class Studies:
         kwargs = dict(storage=self.storage, study_name=self.name(stage.name), sampler=self._sampler(stage),
                       pruner=self._pruner(stage))
         try:
-            study = optuna.create_study(direction="maximize", **kwargs)
+            study = optuna.create_study(direction=self.cfg.training.direction, **kwargs)
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(**kwargs)
             self._check_stored(study, stage, "Use another name, or delete the database to start over.")
@@ -162,7 +172,9 @@ class Studies:
             # so it is queued exactly once however many workers start together.
             study.set_user_attr("config", self.fingerprint())
             study.set_user_attr("stage", stage.name)
-            study.set_metric_names(["validation accuracy %"])  # named in the dashboard's plots
+            # Named in the dashboard's plots.
+            training = self.cfg.training
+            study.set_metric_names(["validation accuracy %" if training.is_accuracy else training.metric])
             if stage.kind == "once":
                 study.enqueue_trial({})
             else:
@@ -320,6 +332,11 @@ class Studies:
                          count(TrialState.WAITING), count(TrialState.FAIL), self.budget(stage),
                          best.value if best else None, best, min(starts, default=None), max(ends, default=None))
         st.superseded = superseded
+        failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("error")]
+        if failed:
+            st.last_error = f"trial {failed[-1].number}: {failed[-1].user_attrs['error']}"
+        if stage.kind == "search":
+            st.errored = sum(1 for t in failed if str(t.user_attrs["error"]).startswith(USER_FIT_ERROR))
         if stage.kind == "search":
             configured = self.configured_epochs(stage)
             st.epochs = int(configured) if configured != "auto" else study.user_attrs.get(FIDELITY_ATTR)
@@ -380,5 +397,15 @@ class Studies:
         return None
 
 
-def all_stages(ablations: bool) -> tuple[Stage, ...]:
-    return tuple(s for s in STAGES if ablations or not s.ablation)
+def all_stages(cfg: StudyConfig) -> tuple[Stage, ...]:
+    """The stages this config runs: ablations only with ``ablations``, none that a set config key
+    skips (``Stage.skipped_by``), and needs only on stages that run."""
+    def skipped(stage: Stage) -> bool:
+        if stage.skipped_by is None:
+            return False
+        section, key = stage.skipped_by.split(".")
+        return getattr(getattr(cfg, section), key) is not None
+
+    kept = [s for s in STAGES if (cfg.ablations or not s.ablation) and not skipped(s)]
+    names = {s.name for s in kept}
+    return tuple(dataclasses.replace(s, needs=tuple(n for n in s.needs if n in names)) for s in kept)
