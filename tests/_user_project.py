@@ -102,6 +102,18 @@ class Stripes(Dataset):
 
 def make_data():
     return Stripes(360, 0), None, Stripes(120, 1)
+
+
+def quickstart_part():
+    """A tenth of the quick-start data's training split (class-balanced), 300 val and test images."""
+    from torch.utils.data import TensorDataset
+
+    import safs_optuna as so
+
+    full = so.data.load("quickstart")
+    val, test = full.val.tensors, full.test.tensors
+    return (full.search_subset(0.1, seed=0).train, TensorDataset(val[0][:300], val[1][:300]),
+            TensorDataset(test[0][:300], test[1][:300]))
 '''
 
 FIT_MODULE = '''

@@ -86,6 +86,15 @@ def test_torchvision_resnet18_takes_one_channel_and_every_activation_module_is_a
     assert found[0] == "relu" and "layer4.1.relu" in found  # one shared module per block: one site
 
 
+def test_a_timm_model_takes_the_data_s_channels_and_its_modules_are_sites():
+    pytest.importorskip("timm", reason="timm is in the test extra; pip install -e '.[test]'")
+    model = build_model("timm:resnet10t", num_classes=10, in_channels=1, image_size=28)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert len(require_sites(so.make_searchable(model), "timm:resnet10t")) > 5
+    with pytest.raises(SourceError, match="timm could not build it"):
+        build_model("timm:no_such_net")
+
+
 def test_a_torchvision_name_that_does_not_exist_suggests_one():
     with pytest.raises(SourceError, match="torchvision has no model 'resnet19'.*resnet18"):
         build_model("torchvision:resnet19")
