@@ -87,10 +87,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bench_args.add_options(p, "own_network", "quickstart", "activations.trials=20")
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--finished-only", action="store_true",
+                   help="write the table from the runs already finished in --workdir; start none")
     args = p.parse_args()
     workdir = bench_args.workdir(args)
     models = bench_args.choices(p, args.models, MODELS, "model")
     jobs = [(m, s) for m in models for s in bench_args.seeds(args)]
+    planned = len(jobs)
+    if args.finished_only:
+        jobs = [(m, s) for m, s in jobs if (workdir / f"own-{m}-s{s}.json").exists()]
     print(f"{len(jobs)} runs, {args.jobs} at once; logs and databases in {workdir}", flush=True)
     start = time.time()
 
@@ -102,15 +107,20 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, jobs))
+    missing = [f"{m} seed {s}" for m in models for s in bench_args.seeds(args) if (m, s) not in jobs]
     lines = ["# SAFS on torchvision networks (quick-start data, 99 % sparsity, LAMP)", "",
              f"`{bench_args.command('own_network.py')}`", "",
              f"Budgets: `studies/quickstart.toml` with `{' '.join(BUDGET + args.set)}`; one worker with one "
              f"torch thread per run, CPU. Test accuracy %, mean ± sd over seeds {args.seeds}. Epochs count "
              "full-data epochs (a search epoch on the 20 % subset counts 0.2).", "",
+             *([f"Not finished ({len(jobs)} of {planned} runs): {', '.join(missing)}; rerun the command "
+                "without --finished-only to complete them (finished runs are read back).", ""] if missing else []),
              "| model | seeds | dense | magnitude pruning (own activations) | SAFS | SAFS − baseline "
              "| epochs per run | wall time per run |", "|---" * 8 + "|"]
     for model in models:
         rs = [r for r in results if r["model"] == model]
+        if not rs:
+            continue
         gain = fmt([r["final"] - r["baseline"] if None not in (r["final"], r["baseline"]) else None for r in rs])
         lines.append(f"| torchvision:{model} | {len(rs)} | {fmt([r['dense'] for r in rs])} | "
                      f"{fmt([r['baseline'] for r in rs])} | {fmt([r['final'] for r in rs])} | {gain} | "

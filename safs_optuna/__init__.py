@@ -12,26 +12,38 @@ Every piece works on its own inside a user's Optuna study::
 
 __version__ = "0.1.0"
 
-from . import data
-from .activation import OperatorTree, TreeActivation
-from .models import MODELS, build_model, make_searchable, sites
-from .operators import BINARY, UNARY
-from .pruners import DivergencePruner, IncumbentPruner
-from .ranking import chance_band, trial_score
-from .samplers import LAHCSampler, PositionSeededSampler
-from .space import ActivationSpace
-from .sparsity import finalize, magnitude_prune, sparsity_report
-from .training import Diverged, DivergedError, HParams, evaluate, fit
+import importlib
+from typing import Any
+
+# Every public name and the module that defines it. Loaded on first use (PEP 562), so that the
+# pieces that need only Optuna and NumPy — the samplers, the pruners, the ranking rule — import
+# without torch (``import safs_optuna.samplers``, the OptunaHub package), and so that importing
+# one piece does not load the pipeline, the storage and the CLI's dependencies.
+_EXPORTS: dict[str, str] = {
+    "data": "", "OperatorTree": "activation", "TreeActivation": "activation", "MODELS": "models",
+    "build_model": "models", "make_searchable": "models", "sites": "models", "BINARY": "operators",
+    "UNARY": "operators", "DivergencePruner": "pruners", "IncumbentPruner": "pruners",
+    "chance_band": "ranking", "trial_score": "ranking", "LAHCSampler": "samplers",
+    "PositionSeededSampler": "samplers", "ActivationSpace": "space", "finalize": "sparsity",
+    "magnitude_prune": "sparsity", "sparsity_report": "sparsity", "Diverged": "training",
+    "DivergedError": "training", "HParams": "training", "evaluate": "training", "fit": "training",
+    "run": "pipeline.launch",
+}
 
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562
-    # ``run`` (the whole pipeline) is loaded on first use: importing the plugin pieces alone
-    # should not load the pipeline, the storage and the CLI's dependencies.
-    if name == "run":
-        from .pipeline.launch import run
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'safs_optuna' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    value = importlib.import_module(f"{__name__}.{module or name}")
+    value = value if not module else getattr(value, name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
 
-        return run
-    raise AttributeError(f"module 'safs_optuna' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 # ``Diverged`` is importable as a deprecated alias of DivergedError but left out of __all__.
 __all__ = [

@@ -2,7 +2,9 @@
 
 :mod:`.stages` is the stage table (what differs between stages, as data); :mod:`.studies` creates
 the studies and reads their status; :mod:`.resources` holds what a worker loads once;
-:mod:`.runner` is the worker loop and the stage bodies; :mod:`.protocols` is stage 2's space.
+:mod:`.usercode` the user's own model, data, loop and test metric; :mod:`.preflight` every check
+before anything is written; :mod:`.runner` is the worker loop and the stage bodies;
+:mod:`.protocols` is stage 2's space; :mod:`.launch` runs it all from one Python call.
 """
 
 from .protocols import hparams_from_params, suggest_hparams

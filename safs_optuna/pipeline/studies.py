@@ -33,7 +33,7 @@ __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REQUEUE_ATTR = "requeued_after"  # user attr of a "once" trial queued again: the failed trial's number
 # What may change between runs of one study without invalidating what is stored.
-RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path")
+RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path", "data.loader_workers")
 START_ATTR = "start"  # user attr of a search stage's start trial
 INPUTS_ATTR = "inputs"  # user attr: the upstream winners a trial ran with, {stage: trial number}
 FIDELITY_ATTR = "epochs"  # study user attr: epochs per trial of a search stage, once known
@@ -92,7 +92,8 @@ def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     """What defines a study: its config less the runtime keys and the budgets, as JSON values."""
     d = to_dict(cfg)
     for key in RUNTIME_KEYS:
-        d.pop(key, None)
+        section, _, name = key.rpartition(".")
+        (d.get(section, {}) if section else d).pop(name, None)
     # Budgets may grow on resume ("run 10 more trials"); everything else defines the study.
     for section in {s.section for s in STAGES if s.section}:
         d.get(section, {}).pop("trials", None)
