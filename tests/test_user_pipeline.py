@@ -134,7 +134,7 @@ def test_two_workers_kill_resume_status_report_note_export(case, tmp_path):
     assert "test accuracy" in export.stdout and out.stat().st_size > 0
 
 
-def test_the_python_call_runs_the_staged_pipeline_with_objects_and_resumes(tmp_path, monkeypatch):
+def test_the_python_call_runs_the_staged_pipeline_with_objects_and_resumes(tmp_path, monkeypatch, capfd):
     """``so.run`` with the objects themselves: two workers (spawned), the same storage and report
     as the CLI, a second call resumes (nothing to do), another model object is refused."""
     import safs_optuna as so
@@ -159,17 +159,15 @@ def test_the_python_call_runs_the_staged_pipeline_with_objects_and_resumes(tmp_p
     stored = optuna.load_study(study_name="py/final", storage=config["storage"]).user_attrs["config"]
     assert stored["model"]["name"] == "netmod:make_net" and stored["data"]["name"] == "datamod:make_data"
     assert stored["training"]["fit"] == "fitmod:fit"
-    workers = {t.user_attrs.get("worker") for s in ("activations", "hpo") for t in _studies_of(config, s)}
-    assert workers == {1, 2}
+    # The second worker is a spawned process on the same study (whether it gets a trial before
+    # the first has run them all depends on how fast it imports torch on a busy machine).
+    assert "[py w2] all stages done" in capfd.readouterr().err
 
     again = so.run(config, model=netmod.make_net, data=datamod.make_data, fit=fitmod.fit, evaluate=fitmod.top1)
     assert again.table == results.table  # resumed: everything was done
     with pytest.raises(PipelineError, match="model.name: stored 'netmod:make_net', config 'netmod:make_other'"):
         so.run(config, model=netmod.make_other, data=datamod.make_data, fit=fitmod.fit, evaluate=fitmod.top1)
 
-
-def _studies_of(config: dict, stage: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=f"{config['name']}/{stage}", storage=config["storage"]).get_trials()
 
 
 def test_a_loop_that_fails_some_trials_fails_those_and_the_search_goes_on(tmp_path):
