@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -63,10 +64,13 @@ def main() -> None:
         for name, (splits, workers) in ways.items():
             times[name].append(epoch_seconds(splits, model, workers))
     base = statistics.median(times["in memory (TensorDataset)"])
+    load = os.getloadavg()[0]
     lines = ["# One quick-start epoch: in memory against a DataLoader", "",
              f"`python benchmarks/loader_path.py --repeats {args.repeats}`", "",
              f"LeNet-5, {len(memory.train)} training and {len(memory.val)} validation images, batch 64, one torch "
-             f"thread, CPU; median of {args.repeats} interleaved rounds.", "",
+             f"thread, CPU ({os.cpu_count()} cores, 1-minute load average {load:.1f} when it ended: other "
+             f"processes share the cores above about {os.cpu_count() - 1}); median of {args.repeats} "
+             "interleaved rounds.", "",
              "| path | seconds per epoch | × in memory |", "|---|---|---|"]
     for name, ts in times.items():
         lines.append(f"| {name} | {statistics.median(ts):.2f} | {statistics.median(ts) / base:.2f} |")
