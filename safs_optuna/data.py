@@ -46,7 +46,7 @@ from importlib import resources
 from pathlib import Path
 
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -236,12 +236,10 @@ def load(
     key = name.strip()
     if key.startswith("folder:"):
         return _load_folder(Path(key[len("folder:"):]).expanduser(), key, val_size, seed, image_size, channels)
-    from .sources import is_import_path, resolve
+    from .sources import call_accepting, is_import_path, resolve
 
     if is_import_path(key):
         source = resolve(key, search_dir, "[data] name")
-        from .sources import call_accepting
-
         value = call_accepting(source, {"root": str(root_path), "seed": seed}, {}, f"[data] name {key!r}")
         return as_splits(value, key, val_size=val_size, seed=seed, num_classes=num_classes)
     num_classes = None  # known for named datasets; from the labels for idx:

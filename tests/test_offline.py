@@ -174,7 +174,9 @@ def test_an_artifact_folder_removed_while_a_worker_trains_stops_the_run_in_one_l
     reader.start()
     assert training.wait(timeout=300), "".join(err)[-3000:]
     shutil.rmtree(tmp_path / "out")
-    out, _ = run.communicate(timeout=300)
+    # stderr belongs to the reader thread: communicate() would read it too and take lines from it.
+    out = run.stdout.read()
+    run.wait(timeout=300)
     reader.join(timeout=60)
     text = "".join(err)
     assert run.returncode == 1, text[-3000:]

@@ -9,8 +9,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import safs_optuna as so
-
 
 class Images(Dataset):
     """uint8 images, served normalised (the transform runs per item, in a DataLoader)."""
