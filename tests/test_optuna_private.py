@@ -1,0 +1,54 @@
+"""The private Optuna parts in one module still behave as this package relies on.
+
+Runs in CI on the newest Optuna and again on the oldest that setup.cfg admits.
+"""
+
+import optuna
+import sqlalchemy
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from safs_optuna import optuna_private as op
+
+
+def _study(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=60)
+    return optuna.create_study(storage=storage, study_name="s")
+
+
+def test_ids_and_storage_match_the_public_lookups(tmp_path):
+    study = _study(tmp_path)
+    trial = study.ask()
+    storage = op.storage_of(study)
+    assert op.study_id(study) == storage.get_study_id_from_name("s")
+    assert op.trial_id(trial) == storage.get_trial_id_from_study_id_trial_number(op.study_id(study), trial.number)
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert op.trial_id(frozen) == op.trial_id(trial)
+
+
+def test_enqueued_params_are_seen_before_the_trial_suggests_them(tmp_path):
+    study = _study(tmp_path)
+    study.enqueue_trial({"x": 3})
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert frozen.params == {}
+    assert op.enqueued_params(frozen) == {"x": 3}
+
+
+def test_contains_checks_values_in_their_external_form():
+    assert op.contains(CategoricalDistribution(["relu", "elu"]), "elu")
+    assert not op.contains(CategoricalDistribution(["relu", "elu"]), "tanh")
+    assert op.contains(FloatDistribution(0.1, 1.0), 0.5)
+    assert not op.contains(FloatDistribution(0.1, 1.0), 2.0)
+    assert not op.contains(IntDistribution(1, 5), "three")
+
+
+def test_rdb_backend_and_heartbeat_model(tmp_path):
+    study = _study(tmp_path)
+    backend = op.rdb_backend(op.storage_of(study))
+    assert isinstance(backend, optuna.storages.RDBStorage)
+    assert op.rdb_backend(optuna.storages.InMemoryStorage()) is None
+    trial = study.ask()
+    backend.record_heartbeat(op.trial_id(trial))
+    model = op.heartbeat_model()
+    with backend.engine.connect() as conn:
+        rows = [r[0] for r in conn.execute(sqlalchemy.select(model.trial_id))]
+    assert rows == [op.trial_id(trial)]
