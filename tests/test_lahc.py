@@ -16,7 +16,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from safs_optuna.samplers import LAHCSampler
-from safs_optuna.samplers.lahc import VARIANTS, _replay, _value_score
+from safs_optuna.samplers.lahc import VARIANTS
+from safs_optuna.samplers.lahc._chain import replay as _replay, value_score as _value_score
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -147,7 +148,7 @@ def test_a_trial_asked_before_the_first_suggests_waits_for_it(tmp_path: Any) -> 
 def test_a_trial_beside_a_silent_first_one_starts_at_random(tmp_path: Any, monkeypatch: Any) -> None:
     # The first trial never suggests: after the wait the second draws a random configuration,
     # a different one per trial, instead of repeating the initial one.
-    from safs_optuna.samplers import lahc
+    from safs_optuna.samplers.lahc import _claims as lahc
 
     monkeypatch.setattr(lahc, "_ANCHOR_WAIT_S", 0.05)
     study = make_study(sqlite(tmp_path))
@@ -678,7 +679,7 @@ def test_a_proposal_matching_a_trial_whose_claim_is_still_partial_clashes():
     # takes the rest later: any proposal that agrees with what it has may end up equal to it.
     from optuna.trial import create_trial
 
-    from safs_optuna.samplers.lahc import _CLAIM_ATTR, _matches_partial
+    from safs_optuna.samplers.lahc._claims import CLAIM_ATTR as _CLAIM_ATTR, matches_partial as _matches_partial
 
     space = {f"s{i}.left": CategoricalDistribution(["relu", "selu"]) for i in range(4)}
     claim = {"s0.left": "selu", "s1.left": "relu"}
