@@ -693,3 +693,13 @@ def test_a_proposal_matching_a_trial_whose_claim_is_still_partial_clashes():
     full = create_trial(state=TrialState.RUNNING, system_attrs={_CLAIM_ATTR: same})
     full.number = 3
     assert not _matches_partial([full], same, space, number=8)  # a whole key: the taken keys' job
+
+
+def test_an_int_midpoint_rounds_the_same_on_every_optuna_version() -> None:
+    # Optuna's own search-space transform rounds an int halfway between two steps to the even one
+    # in 4.0 and up in 5.x; the sampler rounds the same way on both, so the first trial (and every
+    # draw after it) is the same on each Optuna that CI runs.
+    trial = make_study(optuna.storages.InMemoryStorage()).ask()
+    assert trial.suggest_int("a", 0, 5) == 2  # Optuna 5.x's transform: 3
+    assert trial.suggest_int("b", 2, 7) == 4  # Optuna 5.x's transform: 5
+    assert trial.suggest_int("c", 0, 10, step=2) == 4  # 5, between 4 and 6; Optuna 5.x: 6

@@ -245,10 +245,11 @@ def initial_value(name: str, dist: BaseDistribution, initial_params: Mapping[str
 
 # Numbers move in the coordinates below: the value, or its log for a log distribution, snapped
 # back with Python's round. Optuna's own transform (``optuna._transform._SearchSpaceTransform``)
-# maps the same coordinates, but it is private and its way back rounds differently from one
-# release to the next (an int's .5 to even in Optuna 4.0, up in 5.x; a float's upper bound
-# excluded), so through it the same seed would draw different trials under different Optuna
-# versions, and a study resumed after an upgrade would leave its chain.
+# maps the same coordinates, but it is private and its way back changed between releases: an int
+# halfway between two steps goes to the even one in Optuna 4.0 (as here) and up in 5.x
+# (IntDistribution(0, 5)'s midpoint becomes 3), and a float range's upper bound is excluded.
+# Through it the same seed would draw different trials per Optuna version, so a study resumed
+# after an upgrade would leave its chain.
 def _to_unit(dist: IntDistribution | FloatDistribution, value: float) -> float:
     return math.log(value) if dist.log else float(value)
 
