@@ -368,7 +368,7 @@ def test_unknown_choices(tmp_path, text, fragment, valid):
     [
         ("[activations]\ntrials = 0\n", "[activations] trials: must be in [1, 100 000], got 0"),
         ("[activations]\nepochs = 0\n", "[activations] epochs: must be in [1, 100 000], got 0"),
-        ("[activations]\nhistory = 0\n", "[activations] history: must be in [1, 1 000], got 0"),
+        ("[activations]\nhistory = 0\n", "[activations] history: must be in [1, 1000], got 0"),
         ("[activations]\nfraction = 0\n", "[activations] fraction: must be in [0.0001, 1.0], got 0.0"),
         ("[hpo]\nfraction = 1.5\n", "[hpo] fraction: must be in [0.0001, 1.0], got 1.5"),
         ("[hpo]\ntrials = -1\n", "[hpo] trials: must be in [1, 100 000], got -1"),
@@ -394,7 +394,7 @@ def test_unknown_choices(tmp_path, text, fragment, valid):
         ("[hpo.space]\nlearn_scale = [true, true]\n", "[hpo.space] learn_scale: true is listed twice"),
         ("[activations]\nunary = []\n", "[activations] unary: needs at least one unary operator, got []"),
         ("[data]\nname = 'imagenet16-0'\n", "[data] name: 'imagenet16-0': imagenet16 has 1 to 1000 classes"),
-        ("threads = -1\n", "threads: must be in [0, 1 024], got -1 (0 = automatic)"),
+        ("threads = -1\n", "threads: must be in [0, 1024], got -1 (0 = automatic)"),
         ("seed = -1\n", "seed: must be in [0, 2**32), got -1"),
     ],
 )
@@ -660,7 +660,7 @@ def test_activations_lahc_variant(tmp_path):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("threads = 1025\n", "threads: must be in [0, 1 024], got 1025 (0 = automatic)"),
+        ("threads = 1025\n", "threads: must be in [0, 1024], got 1025 (0 = automatic)"),
         ("[sparsity]\nratio = 0\n", "[sparsity] ratio: must be in (0.0, 1.0), got 0.0 (0 would prune nothing"),
         ("[dense]\nepochs = 100001\n", "[dense] epochs: must be in [0, 100 000], got 100001"),
         ("[dense]\nepochs = 100001\ncheckpoint = 'w.pt'\n", "[dense] epochs: must be in [0, 100 000], got 100001"),
@@ -669,7 +669,7 @@ def test_activations_lahc_variant(tmp_path):
         ("[protocol]\nbatch_size = 65537\n", "[protocol] batch_size: must be in [1, 65 536], got 65537"),
         ("[activations]\ntrials = 100001\n", "[activations] trials: must be in [1, 100 000], got 100001"),
         ("[activations]\nepochs = 100001\n", "[activations] epochs: must be in [1, 100 000], got 100001"),
-        ("[activations]\nhistory = 1001\n", "[activations] history: must be in [1, 1 000], got 1001"),
+        ("[activations]\nhistory = 1001\n", "[activations] history: must be in [1, 1000], got 1001"),
         ("[activations]\nfraction = 5e-5\n", "[activations] fraction: must be in [0.0001, 1.0], got 5e-05 (a smaller"),
         ("[hpo]\ntrials = 100001\n", "[hpo] trials: must be in [1, 100 000], got 100001"),
         ("[hpo]\nepochs = 100001\n", "[hpo] epochs: must be in [1, 100 000], got 100001"),

@@ -83,5 +83,5 @@ def number(value: float) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         if value >= 2**20 and value & (value - 1) == 0:  # a power of two reads as one: 2**32
             return f"2**{value.bit_length() - 1}"
-        return f"{value:,}".replace(",", " ")
+        return f"{value:,}".replace(",", " ") if value >= 10_000 else str(value)
     return repr(value)

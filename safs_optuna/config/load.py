@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def _parse(
 def _table_valued() -> frozenset[str]:
     """Keys whose value is a table of their own (its keys may hold dots: module paths)."""
     return frozenset(f"{t}.{k}" for t, cls in tables().items()
-                     for k, (tp, _, _) in keys(cls).items() if getattr(tp, "__origin__", None) is dict)
+                     for k, (tp, _, _) in keys(cls).items() if typing.get_origin(tp) is dict)
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:

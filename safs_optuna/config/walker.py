@@ -99,7 +99,8 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def build(cls: type, table: Any, prefix: str, ctx: Context,
-          checks: Mapping[type, Callable[[Any, Context, str], Any]], given: Mapping[str, Any] = {}) -> Any:
+          checks: Mapping[type, Callable[[Any, Context, str], Any]],
+          given: Mapping[str, Any] | None = None) -> Any:
     """``cls`` from a TOML table: unknown keys and wrong values fail, then ``checks[cls]`` runs.
 
     ``given`` are values the caller has already read (not walked); nested tables are built
@@ -107,6 +108,7 @@ def build(cls: type, table: Any, prefix: str, ctx: Context,
     """
     if not isinstance(table, Mapping):
         ctx.fail(prefix, f"expected a table [{prefix}], got {show(table)} ({type_name(table)})")
+    given = given or {}
     valid = keys(cls)
     ctx.check_keys(table, valid, prefix)
     values: dict[str, Any] = {}
@@ -151,13 +153,12 @@ def value(tp: Any, spec: Spec, raw: Any, key: str, ctx: Context) -> Any:
     if spec.pair:
         _pair(spec, converted, key, ctx)
         return converted
-    items = converted if isinstance(converted, tuple) else (converted,)
-    if isinstance(converted, dict):
-        items = tuple(converted.values())
-    if spec.distinct:
-        if not items:
-            what = spec.choices.what if spec.choices else "value"
-            ctx.fail(key, f"needs at least one {what}, got []")
+    # The rules hold for a number, or for each item of an array or value of a table.
+    items = tuple(converted.values()) if isinstance(converted, dict) else (
+        converted if isinstance(converted, tuple) else (converted,))
+    if spec.distinct and not items:
+        what = spec.choices.what if spec.choices else "value"
+        ctx.fail(key, f"needs at least one {what}, got []")
     for i, item in enumerate(items):
         if spec.choices is not None and not spec.choices.forms:  # other forms: checks.py
             ctx.choice(key, item, spec.choices, spec.note)
