@@ -171,10 +171,9 @@ def test_a_config_of_only_a_name_is_the_schemas_defaults(tmp_path):
 
 def _every_key():
     """(table, key, type, spec, default) of every key of the schema, top level first."""
-    from safs_optuna.config.schema import tables
-    from safs_optuna.config.walker import keys
+    from safs_optuna.config.walker import keys, tables
 
-    for table, cls in [("", StudyConfig), *tables().items()]:
+    for table, cls in [("", StudyConfig), *tables(StudyConfig).items()]:
         for key, (tp, spec, default) in keys(cls).items():
             if not (dataclasses.is_dataclass(tp) and spec.keys is None):
                 yield table, key, tp, spec, default

@@ -39,11 +39,12 @@ def _config_error(source: str, key: str, problem: str, override: bool) -> Config
 
 
 def _where(key: str) -> str:
-    from .schema import tables  # the schema knows which keys are tables
+    from .schema import StudyConfig  # the schema knows which keys are tables
+    from .walker import tables
 
     if not key:
         return ""
-    if key in tables():
+    if key in tables(StudyConfig):
         return f"[{key}]"
     if "." in key:
         section, name = key.rsplit(".", 1)

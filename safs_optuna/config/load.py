@@ -24,8 +24,8 @@ else:  # pragma: no cover - Python 3.10
 
 from .checks import SECTION_CHECKS, check_storage
 from .errors import ConfigError, type_name
-from .schema import StudyConfig, tables
-from .walker import Context, build, keys, value
+from .schema import StudyConfig
+from .walker import Context, build, keys, tables, value
 
 __all__ = ["load_config", "parse_config", "to_dict"]
 
@@ -130,7 +130,7 @@ def _parse(
 
 def _table_valued() -> frozenset[str]:
     """Keys whose value is a table of their own (its keys may hold dots: module paths)."""
-    return frozenset(f"{t}.{k}" for t, cls in tables().items()
+    return frozenset(f"{t}.{k}" for t, cls in tables(StudyConfig).items()
                      for k, (tp, _, _) in keys(cls).items() if typing.get_origin(tp) is dict)
 
 

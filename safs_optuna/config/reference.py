@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import show
 from .spec import Spec
-from .walker import describe, interval, keys
+from .walker import describe, interval, keys, tables
 
 __all__ = ["reference_markdown"]
 
@@ -25,7 +25,7 @@ def reference_markdown(root: type | None = None) -> str:
 
     One section per TOML table (the top-level keys first), one table row per key.
     """
-    from .schema import StudyConfig, tables
+    from .schema import StudyConfig
 
     root = root or StudyConfig
     lines = ["# Config reference", "",

@@ -8,7 +8,6 @@ it and the config reference is generated from it.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from safs_optuna.training import HParams
 
 from .names import PRUNERS, SAMPLERS
-from .spec import Choices, Pattern, Spec, key, spec_of
+from .spec import Choices, Pattern, Spec, key
 
 AUTO = "auto"
 """``epochs = "auto"`` of a search stage: measured by its start trial (see the pipeline)."""
@@ -345,15 +344,3 @@ class StudyConfig:
             raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT}), got {seed!r}")
         return dataclasses.replace(self, seed=seed, name=f"{self.name}/seed{seed}")
 
-
-def tables(cls: type = StudyConfig, prefix: str = "") -> dict[str, type]:
-    """The TOML tables under ``cls`` by dotted name (``"hpo.space"``), in file order."""
-    found: dict[str, type] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        spec = spec_of(f)
-        if spec is not None and spec.keys is None and dataclasses.is_dataclass(hints[f.name]):
-            name = f"{prefix}.{f.name}" if prefix else f.name
-            found[name] = hints[f.name]
-            found.update(tables(hints[f.name], name))
-    return found

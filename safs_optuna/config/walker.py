@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from .errors import ConfigError, number, show, type_name
 from .spec import Choices, Spec, spec_of
 
-__all__ = ["Context", "build", "describe", "hints"]
+__all__ = ["Context", "build", "describe", "hints", "keys", "tables", "value"]
 
 
 class Context:
@@ -87,6 +87,17 @@ def keys(cls: type) -> dict[str, tuple[Any, Spec, Any]]:
                 found[g.name] = (inner[g.name], spec.keys[g.name], _default(g))
         else:
             found[f.name] = (hints(cls)[f.name], spec, _default(f))
+    return found
+
+
+def tables(cls: type, prefix: str = "") -> dict[str, type]:
+    """The TOML tables under ``cls`` by dotted name (``"hpo.space"``), in file order."""
+    found: dict[str, type] = {}
+    for name, (tp, spec, _) in keys(cls).items():
+        if dataclasses.is_dataclass(tp) and spec.keys is None:
+            full = f"{prefix}.{name}" if prefix else name
+            found[full] = tp
+            found.update(tables(tp, full))
     return found
 
 
