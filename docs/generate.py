@@ -109,51 +109,7 @@ def configuration_markdown() -> str:
     """The configuration reference, from the schema of ``safs_optuna.config``."""
     import safs_optuna.config as config
 
-    reference = getattr(config, "reference_markdown", None)
-    if reference is not None:
-        return reference()
-    return _temporary_configuration_markdown()
-
-
-# TEMPORARY until config schema lands: a reference read from the config dataclasses, used only
-# while safs_optuna.config has no reference_markdown(). Delete this function and the fallback
-# above once it has.
-def _temporary_configuration_markdown() -> str:
-    import dataclasses
-    import typing
-
-    import safs_optuna.config as config
-
-    def describe(tp: object) -> str:
-        return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-    def table(cls: type, prefix: str, out: list[str]) -> None:
-        hints = typing.get_type_hints(cls)
-        rows = ["| key | type | default |", "|---|---|---|"]
-        nested = []
-        for field in dataclasses.fields(cls):
-            if field.name in ("path",):
-                continue
-            if dataclasses.is_dataclass(hints[field.name]):
-                nested.append(field)
-                continue
-            if field.default is not dataclasses.MISSING:
-                default = repr(field.default)
-            elif field.default_factory is not dataclasses.MISSING:
-                default = repr(field.default_factory())
-            else:
-                default = "required" if field.name == "name" else "(derived)"
-            rows.append(f"| `{field.name}` | `{_cell(describe(hints[field.name]))}` | `{_cell(default)}` |")
-        title = f"`[{prefix}]`" if prefix else "Top-level keys"
-        doc = inspect.getdoc(cls) or ""
-        out += [f"## {title}", "", "```text", doc, "```", "", *rows, ""]
-        for field in nested:
-            table(hints[field.name], f"{prefix}.{field.name}" if prefix else field.name, out)
-
-    out = ["# Configuration reference", "", "Every key of a study config (a TOML file), its type and default.",
-           "", "```text", inspect.getdoc(config) or "", "```", ""]
-    table(config.StudyConfig, "", out)
-    return "\n".join(out)
+    return config.reference_markdown()
 
 
 # ---------------------------------------------------------------------------- API
@@ -173,7 +129,7 @@ def api_markdown() -> str:
         value = getattr(safs_optuna, name)
         lines += [f"## `so.{name}`", ""]
         if inspect.ismodule(value):
-            lines += [f"```{{eval-rst}}", f".. automodule:: {value.__name__}", "   :members:",
+            lines += ["```{eval-rst}", f".. automodule:: {value.__name__}", "   :members:",
                       "   :no-index:", "```", ""]
             continue
         if inspect.isclass(value):
