@@ -70,6 +70,7 @@ class StatusReader:
         self._studies: dict[str, optuna.Study] = {}
 
     def budget(self, stage: Stage) -> int:
+        """Trials the stage runs: the configured number for a search, one for a "once" stage."""
         return getattr(self.cfg, stage.section).trials if stage.kind == Kind.SEARCH else 1
 
     def status(self, stage: Stage | str) -> StageStatus:

@@ -46,6 +46,7 @@ class PipelineError(RuntimeError):
 
 
 def quiet_optuna() -> None:
+    """Optuna's per-trial info lines and experimental-feature warnings off: the worker logs its own."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
@@ -207,6 +208,7 @@ class Studies(StatusReader):
 
     # ------------------------------------------------------------- dead workers
     def running_ids(self) -> set[int]:
+        """Storage ids of the running trials of the studies this process opened."""
         return {trial_id(t) for study in self._studies.values()
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
 
