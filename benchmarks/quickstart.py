@@ -31,7 +31,7 @@ import optuna
 import torch
 
 from safs_optuna.config import load_config
-from safs_optuna.pipeline import Pipeline
+from safs_optuna.pipeline import Pipeline, results_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def run(config: Path, workers: int, threads: int | None = None) -> tuple[float, 
         if proc.returncode != 0:
             sys.exit(f"run with {workers} worker(s) failed:\n{proc.stderr[-3000:]}")
         cfg = load_config(cfg_path)
-        table = Pipeline(cfg).table()
+        table = results_table([Pipeline(cfg)])
         timing = _where_the_time_went(cfg.storage, started, wall, workers)
     return wall, table, timing
 

@@ -67,6 +67,7 @@ def _one(workdir: str, dataset: str, sampler: str, seed: int, epochs: int, overr
     from safs_optuna import evaluate, fit
     from safs_optuna.config import load_config
     from safs_optuna.pipeline import Pipeline
+    from safs_optuna.pipeline.bodies import trees
     from safs_optuna.pipeline.stages import stage
 
     torch.set_num_threads(1)
@@ -78,9 +79,9 @@ def _one(workdir: str, dataset: str, sampler: str, seed: int, epochs: int, overr
     cfg = load_config(CONFIG, settings)
     start = time.time()
     pipe = Pipeline(cfg, log=lambda msg: None)
-    pipe.prepare_studies()
+    pipe.studies.prepare()
     idle_since = time.time()
-    while not pipe.is_done("activations"):
+    while not pipe.studies.status("activations").done:
         _, progressed = pipe.step()
         if progressed:
             idle_since = time.time()
@@ -88,18 +89,18 @@ def _one(workdir: str, dataset: str, sampler: str, seed: int, epochs: int, overr
             raise RuntimeError(f"{name}: no stage made progress for 30 minutes")
         else:  # another process runs this study's last trials (two invocations on one run)
             time.sleep(2)
-    trials = sorted(pipe.study("activations").get_trials(deepcopy=False), key=lambda t: t.number)
+    trials = sorted(pipe.studies.study("activations").get_trials(deepcopy=False), key=lambda t: t.number)
     vals = [t.value if t.state == TrialState.COMPLETE else None for t in trials]
     # The winner by the pipeline's own rule (the chance band, then validation loss), fine-tuned.
     s1 = stage("stage1")
     test = None
     if finetune:
-        model = pipe.res.fresh(pipe._trees(s1))
-        fit(model, pipe.splits, cfg.protocol.hparams(), cfg.final.epochs, seed=seed, progress=False)
-        test = evaluate(model, pipe.splits.test).accuracy
-    baseline = pipe.status("baseline").best_trial.user_attrs["test_accuracy"]
+        model = pipe.res.fresh(trees(pipe, s1))
+        fit(model, pipe.res.splits, cfg.protocol.hparams(), cfg.final.epochs, seed=seed, progress=False)
+        test = evaluate(model, pipe.res.splits.test).accuracy
+    baseline = pipe.studies.status("baseline").best_trial.user_attrs["test_accuracy"]
     out = {"dataset": dataset, "sampler": sampler, "seed": seed, "epochs": epochs, "values": vals,
-           "winner": sorted(set(t.formula for t in pipe._trees(s1).values())), "test": test,
+           "winner": sorted(set(t.formula for t in trees(pipe, s1).values())), "test": test,
            "baseline": baseline, "seconds": round(time.time() - start, 1)}
     done.write_text(json.dumps(out, indent=1))
     print(f"{dataset} {sampler} seed {seed}: best val {max(v for v in vals if v is not None):.2f}, "

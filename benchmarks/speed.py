@@ -569,10 +569,10 @@ def section_overhead(args: argparse.Namespace) -> str:
     the sampler, the storage, copying the sparse model, the pruner, recording and logging."""
     import tempfile
 
-    from safs_optuna.pipeline import Pipeline, runner
+    from safs_optuna.pipeline import Pipeline, bodies
 
     inside: list[float] = []
-    original = runner.fit
+    original = bodies.fit
 
     def timed_fit(*a, on_epoch=None, **k):  # the epochs' own time: training batches + validation
         def record(stats):
@@ -585,21 +585,21 @@ def section_overhead(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _quick_config(tmp, **{"activations.trials": args.overhead_trials + 1})
         pipe = Pipeline(cfg, log=lambda msg: None)
-        pipe.prepare_studies()
+        pipe.studies.prepare()
         stage = next(s for s in pipe.stages if s.searches == "trees")
         for once in (s for s in pipe.stages if s.kind == "once"):
-            if all(pipe.is_done(n) for n in stage.needs):
+            if all(pipe.studies.status(n).done for n in stage.needs):
                 break
-            pipe._run_once(once, pipe.status(once))  # the dense network, then its sparse version
-        runner.fit = timed_fit
+            pipe._run_once(once, pipe.studies.status(once))  # the dense network, then its sparse version
+        bodies.fit = timed_fit
         try:
             for _ in range(args.overhead_trials + 1):
                 inside.clear()
                 start = time.perf_counter()
-                pipe._run_search_trial(stage, pipe.status(stage))
+                pipe._run_search_trial(stage, pipe.studies.status(stage))
                 rows.append((time.perf_counter() - start, sum(inside), len(inside)))
         finally:
-            runner.fit = original
+            bodies.fit = original
     rows = rows[1:]  # the first candidate also loads the data and the dense checkpoint once
     wall = sum(r[0] for r in rows)
     epochs = sum(r[1] for r in rows)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,10 +141,10 @@ def _pipeline(cfg, worker: int = 0, must_exist: bool = False, log=None, same_con
 
 def _results(pipes: Sequence) -> str:
     """The results table: one row per seed, their mean ± sd, the paper's row; then warnings."""
-    from .pipeline.launch import results_table
+    from .pipeline.results import results_table, warnings
 
-    warnings = [w for p in pipes for w in p.warnings()]
-    return results_table(pipes) + "".join(f"\n\nWARNING {p}" for p in warnings)
+    found = [w for p in pipes for w in warnings(p)]
+    return results_table(pipes) + "".join(f"\n\nWARNING {w}" for w in found)
 
 
 # ---------------------------------------------------------------------- commands
@@ -171,6 +170,7 @@ def _preflight(cfgs: Sequence) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import default_threads, set_threads, work_all
+    from .pipeline.results import view_lines
     from .progress import LiveView
 
     cfgs = _configs(args)
@@ -204,14 +204,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = (lambda msg: print(msg, file=logfile, flush=True)) if logfile else None
     pipes = [_pipeline(c, log=log) for c in cfgs]
     for pipe in pipes:
-        pipe.prepare_studies(rearm=True)
+        pipe.studies.prepare(rearm=True)
         for name in args.rerun or []:
             pipe.rerun(name)
     for pipe in pipes:
-        pipe.settle()
+        pipe.studies.settle(pipe.log)
     start = time.time()
     viewers = [_pipeline(c) for c in cfgs] if live else []  # the view reads with its own connections
-    view = LiveView(lambda: [line for p in viewers for line in p.view_lines()]) if live else contextlib.nullcontext()
+    view = LiveView(lambda: [line for p in viewers for line in view_lines(p)]) if live else contextlib.nullcontext()
     try:
         with view:
             if args.workers == 1:
@@ -242,7 +242,7 @@ def _run_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) ->
     own_error: Exception | None = None
     try:
         for pipe in pipes:
-            pipe.worker = 1
+            pipe.log.worker = 1
         set_threads(threads)
         work_all(pipes)
     except KeyboardInterrupt:
@@ -268,7 +268,7 @@ def _run_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) ->
         raise UserError(f"every worker stopped with an error ({where}); fix the cause and run the same "
                         "command again to resume")
     pending = [f"{pipe.cfg.name}/{stage.name}" for pipe in pipes for stage in pipe.stages
-               if not pipe.status(stage).done]
+               if not pipe.studies.status(stage).done]
     if failed and not pending:
         # A killed worker's trials were retried by the others: nothing is missing.
         print(f"safs-optuna: worker(s) {', '.join(map(str, failed))} stopped early; the other workers "
@@ -300,6 +300,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .pipeline.results import density_table
     from .storage import redact
 
     if args.watch:
@@ -311,7 +312,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{'best val %':>10}  best")
         notes = []
         for stage in pipe.stages:
-            st = pipe.status(stage)
+            st = pipe.studies.status(stage)
             if not st.exists:
                 state = "not yet"
             elif st.done:
@@ -344,7 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 notes.append(f"{stage.name}: {st.failed} failed; last, {st.last_error}")
         for note in notes:
             print(note)
-        density = pipe.density_table()
+        density = density_table(pipe)
         if density:
             print("\n" + density)
         print()
@@ -353,18 +354,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _watch(cfgs: list, interval: float) -> int:
     """``status --watch``: the live stage view, from the storage, until every stage is done."""
+    from .pipeline.results import view_lines
     from .progress import LiveView
 
     pipes = [_pipeline(c, must_exist=True) for c in cfgs]
-    view = LiveView(lambda: [line for p in pipes for line in p.view_lines()], stream=sys.stdout,
+    view = LiveView(lambda: [line for p in pipes for line in view_lines(p)], stream=sys.stdout,
                     interval=interval)
     with view:
-        while not all(p.status(s).done for p in pipes for s in p.stages):
+        while not all(p.studies.status(s).done for p in pipes for s in p.stages):
             time.sleep(interval)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .pipeline.results import column_trials, density_table
+
     cfgs = _configs(args)
     pipes = [_pipeline(c, must_exist=True) for c in cfgs]
     cfg = _config(args)
@@ -372,11 +376,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"## {cfg.name}: {cfg.model.name} on {cfg.data.name}, sparsity {cfg.sparsity.ratio:g} "
           f"({cfg.sparsity.scope}){seeds}; test accuracy %\n")
     print(_results(pipes))
-    density = pipes[0].density_table()
+    density = density_table(pipes[0])
     if density:
         print("\n" + density + (" (seed {})".format(pipes[0].cfg.seed) if len(pipes) > 1 else ""))
     for pipe in pipes:
-        trials = pipe.column_trials()
+        trials = column_trials(pipe)
         best = trials.get("SAFS") or trials.get("stage 1")
         if best is not None:
             formulas = best.user_attrs.get("formulas", {})
@@ -392,7 +396,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .storage import make_artifact_store, redact
 
     cfg = _config(args)
-    storage = _pipeline(cfg, must_exist=True, same_config=False).storage  # shows any study
+    storage = _pipeline(cfg, must_exist=True, same_config=False).studies.storage  # shows any study
     print(f"optuna-dashboard on {redact(cfg.storage)}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
     optuna_dashboard.run_server(storage, host=args.host, port=args.port,
                                 artifact_store=make_artifact_store(cfg.artifacts))
@@ -414,11 +418,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if stage is None:
         valid = ", ".join(s.name for s in pipe.stages if s.kind == "once")
         raise UserError(f"--stage {args.stage!r} is not a stage with a model; valid: {valid}", EXIT_USAGE)
-    if not pipe.status(stage).done:
+    if not pipe.studies.status(stage).done:
         raise UserError(f"stage {args.stage!r} of {cfg.name} has not finished; see `safs-optuna status`")
     model, _ = pipe.res.load(args.stage)
     model = finalize(model).eval()
-    test = pipe.splits.test
+    test = pipe.res.splits.test
     example = torch.stack([test[i][0] for i in range(min(4, len(test)))])
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +433,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {args.stage} model of {cfg.name}")
     print(f"sparsity {100 * report.ratio:.2f}% ({report.zeros}/{report.total} weights are zero)")
     print(f"test accuracy {acc:.2f}% (of the exported file, on {len(test)} test images)")
-    splits = pipe.splits
+    splits = pipe.res.splits
     print(f"load it with plain PyTorch: torch.export.load({str(out)!r}).module()(images), images "
           f"N x {splits.in_channels} x {splits.image_size} x {splits.image_size} normalised with "
           f"mean {splits.mean} and std {splits.std}")

@@ -18,10 +18,13 @@ from optuna.trial import FrozenTrial
 
 __all__ = [
     "ENQUEUED_PARAMS_ATTR",
+    "claimed_trial",
     "contains",
     "enqueued_params",
+    "heartbeat_interval",
     "heartbeat_model",
     "rdb_backend",
+    "record_heartbeat",
     "storage_of",
     "study_id",
     "trial_id",
@@ -81,6 +84,33 @@ def rdb_backend(storage: BaseStorage) -> optuna.storages.RDBStorage | None:
     """
     backend = getattr(storage, "_backend", storage)
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def claimed_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The :class:`optuna.Trial` of a queued trial this worker claimed (set RUNNING) itself.
+
+    Public alternative: ``study.ask()``, which claims a queued trial too, but creates a new one
+    when another worker claimed it first; a stage that runs once must run its queued trial only.
+    Optuna's docs advise against calling the ``Trial`` constructor directly.
+    """
+    return optuna.Trial(study, trial_id)
+
+
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    """Seconds between heartbeats the storage expects (``None``: it records none).
+
+    Public alternative: none; ``study.optimize`` records heartbeats of its own trials only, and a
+    trial claimed outside it (a stage that runs once) must record its own.
+    """
+    get = getattr(storage, "get_heartbeat_interval", None)  # RDB storages and their cache only
+    return get() if get is not None else None
+
+
+def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
+    """Record that the worker running ``trial_id`` is alive (see :func:`heartbeat_interval`);
+    nothing for a storage without heartbeats."""
+    if heartbeat_interval(storage) is not None:
+        storage.record_heartbeat(trial_id)
 
 
 def heartbeat_model() -> Any:

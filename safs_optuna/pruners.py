@@ -12,7 +12,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from . import optuna_private
+from .optuna_private import storage_of, trial_id
 from .ranking import CHANCE_ATTR, VAL_SIZE_ATTR, behind_margin, curve_score_of, trial_score
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class DivergencePruner(BasePruner):
             return False
         if trial.state == TrialState.RUNNING:
             # Through the storage, as a FrozenTrial cannot write; the dashboard shows user attrs.
-            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+            storage_of(study).set_trial_user_attr(trial_id(trial), REASON_ATTR, reason)
         return True
 
     def _chance(self, study: Study, trial: FrozenTrial) -> str | None:
@@ -281,7 +281,7 @@ class IncumbentPruner(BasePruner):
             f"margin: it could not be accepted"
         )
         if trial.state == TrialState.RUNNING:
-            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+            storage_of(study).set_trial_user_attr(trial_id(trial), REASON_ATTR, reason)
         return True
 
     def _reference_of(self, study: Study, trial: FrozenTrial) -> FrozenTrial | None:
@@ -290,8 +290,7 @@ class IncumbentPruner(BasePruner):
         threshold = getattr(study.sampler, "threshold_trial", None)
         if threshold is not None:
             return threshold(study, trial)
-        earlier = [t for t in study._storage.get_all_trials(study._study_id, deepcopy=False,
-                                                            states=(TrialState.COMPLETE,))
+        earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if t.number < trial.number]
         return max(earlier, key=trial_score) if earlier else None
 
@@ -350,8 +349,7 @@ class HalvingPruner(BasePruner):
         reason = (f"after epoch {rung} its score ranks {ahead + 1} of the {n} trials that reached "
                   f"epoch {rung}; only the best {keep} go on")
         if trial.state == TrialState.RUNNING:
-            optuna_private.storage_of(study).set_trial_user_attr(optuna_private.trial_id(trial),
-                                                                  REASON_ATTR, reason)
+            storage_of(study).set_trial_user_attr(trial_id(trial), REASON_ATTR, reason)
         return True
 
 

@@ -514,9 +514,11 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     ``datetime_start`` is written with the claiming worker's local clock; workers on machines
     whose clocks differ by more than the grace period should share a time zone and NTP.
     """
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    from . import optuna_private  # the private Optuna parts this needs, each with its reason
+
+    storage = optuna_private.storage_of(study)
+    backend = optuna_private.rdb_backend(storage)
+    if backend is None:
         return []
     interval = backend.get_heartbeat_interval()
     if not interval:
@@ -524,13 +526,12 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     if grace_period is None:
         grace_period = backend.grace_period or 2 * interval
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
-    old = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    old = {optuna_private.trial_id(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
            if t.datetime_start is not None and t.datetime_start < cutoff}
     if not old:
         return []
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-
-    query = sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))
+    heartbeats = optuna_private.heartbeat_model()
+    query = sqlalchemy.select(heartbeats.trial_id).where(heartbeats.trial_id.in_(old))
     with backend.engine.connect() as conn:
         beating = {row[0] for row in conn.execute(query)}
     failed = []

@@ -72,7 +72,7 @@ def test_reading_a_study_with_another_config_names_the_keys(tmp_path, capsys, co
     from safs_optuna.pipeline import Pipeline
 
     path = write_config(tmp_path)
-    Pipeline(load_config(path)).prepare_studies()  # stored with scope "layer"
+    Pipeline(load_config(path)).studies.prepare()  # stored with scope "layer"
     # Read with another allocation, it would label the results (and build the model) wrongly.
     extra = [str(tmp_path / "model.pt2")] if command == "export" else []
     assert main([command, str(path), *extra, "--set", 'sparsity.scope="lamp"']) == 1
@@ -87,7 +87,7 @@ def test_status_reads_a_study_with_the_config_it_was_made_with(tmp_path, capsys)
     from safs_optuna.pipeline import Pipeline
 
     path = write_config(tmp_path)
-    Pipeline(load_config(path)).prepare_studies()
+    Pipeline(load_config(path)).studies.prepare()
     # A runtime key and a bigger budget do not make another study.
     assert main(["status", str(path), "--set", "activations.trials=9", "--set", "threads=2"]) == 0
     assert "activations" in capsys.readouterr().out
@@ -98,7 +98,7 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
     from safs_optuna.pipeline import Pipeline
 
     path = write_config(tmp_path)
-    Pipeline(load_config(path)).prepare_studies()
+    Pipeline(load_config(path)).studies.prepare()
     # `status | head -1`: the reader is gone before the density table is printed.
     proc = subprocess.run(f"{sys.executable} -m safs_optuna.cli status {path} | head -1", shell=True,
                           capture_output=True, text=True, timeout=120)

@@ -24,7 +24,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_dashboard_serves_the_study_stages(tmp_path):
     path = write_config(tmp_path)
-    Pipeline(load_config(path)).prepare_studies()  # studies exist; nothing trained
+    Pipeline(load_config(path)).studies.prepare()  # studies exist; nothing trained
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "safs_optuna.cli", "dashboard", str(path),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -656,7 +656,7 @@ MIDRUN = [
 
 @pytest.mark.parametrize("case", MIDRUN, ids=lambda c: c.id)
 def test_an_artifact_that_fails_during_a_run_stops_it_in_one_line(case: Midrun, tmp_path, capsys, monkeypatch):
-    from safs_optuna.pipeline import runner
+    from safs_optuna.pipeline import bodies
 
     torch.save(state_dict(), tmp_path / "w.pt")  # no dense training: the failure comes in seconds
     text = set_key(set_key(BASE, "dense", "checkpoint", '"w.pt"'), "", "artifacts", '"out/arts"')
@@ -664,17 +664,17 @@ def test_an_artifact_that_fails_during_a_run_stops_it_in_one_line(case: Midrun, 
     arts = tmp_path / "out" / "arts"
     calls = []
     if case.after_dense:
-        real_store = runner.Pipeline._store
+        real_store = bodies.store
 
-        def store(self, *args, **kwargs):
-            real_store(self, *args, **kwargs)
+        def store(*args, **kwargs):
+            real_store(*args, **kwargs)
             if not calls:
                 calls.append(1)
                 case.damage(arts, monkeypatch)
 
-        monkeypatch.setattr(runner.Pipeline, "_store", store)
+        monkeypatch.setattr(bodies, "store", store)
     else:
-        real_save = runner.save_checkpoint
+        real_save = bodies.save_checkpoint
 
         def save(*args, **kwargs):
             calls.append(1)
@@ -682,7 +682,7 @@ def test_an_artifact_that_fails_during_a_run_stops_it_in_one_line(case: Midrun, 
                 case.damage(arts, monkeypatch)
             real_save(*args, **kwargs)
 
-        monkeypatch.setattr(runner, "save_checkpoint", save)
+        monkeypatch.setattr(bodies, "save_checkpoint", save)
     capsys.readouterr()
     code = cli.main(argv)
     err = capsys.readouterr().err

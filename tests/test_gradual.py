@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 import safs_optuna as so
 from safs_optuna.config import load_config
-from safs_optuna.pipeline import Pipeline, runner
+from safs_optuna.pipeline import Pipeline, gradual, work_all
+from safs_optuna.pipeline.results import density_table, row
 from safs_optuna.pipeline.studies import PROGRESS_ATTR
 from safs_optuna.sparsity import cubic_sparsity, magnitude_prune, prunable_modules, sparsity_report
 
@@ -49,10 +50,10 @@ def _config(folder: Path, name: str = "tiny", gradual: int = EPOCHS, ablations: 
 
 def _sparsify(pipe: Pipeline) -> optuna.trial.FrozenTrial:
     """Run the pipeline's stages up to and including ``sparse``; its finished trial."""
-    pipe.prepare_studies()
-    while not pipe.is_done("sparse"):
+    pipe.studies.prepare()
+    while not pipe.studies.status("sparse").done:
         pipe.step()
-    return pipe.status("sparse").best_trial
+    return pipe.studies.status("sparse").best_trial
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -82,7 +83,7 @@ class _Epochs:
             self.masks.append({k: v for k, v in _weights(model).items() if k.endswith(".mask")})
             return so.fit(model, *args, **kwargs)
 
-        monkeypatch.setattr(runner, "fit", counted)
+        monkeypatch.setattr(gradual, "fit", counted)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def reference(tmp_path_factory) -> tuple[dict[str, torch.Tensor], list]:
     """The weights and per-epoch record of gradual pruning that was never interrupted."""
     pipe = Pipeline(load_config(_config(tmp_path_factory.mktemp("ref"), name="ref")), log=lambda msg: None)
     trial = _sparsify(pipe)
-    return _weights(pipe.sparse_model), trial.user_attrs["schedule"]
+    return _weights(pipe.res.sparse_model), trial.user_attrs["schedule"]
 
 
 def test_gradual_pruning_follows_the_cubic_schedule_to_the_target(tmp_path, monkeypatch, reference):
@@ -104,24 +105,24 @@ def test_gradual_pruning_follows_the_cubic_schedule_to_the_target(tmp_path, monk
     planned = [100 * cubic_sparsity(e + 1, EPOCHS, final=0.99) for e in range(EPOCHS)]
     assert achieved == pytest.approx(planned, abs=0.1)  # within 0.1 pp at every step (per-layer rounding)
     assert 0 < achieved[0] < achieved[1] < achieved[2] < achieved[3]
-    assert abs(100 * sparsity_report(pipe.sparse_model).ratio - 99.0) < 0.1
+    assert abs(100 * sparsity_report(pipe.res.sparse_model).ratio - 99.0) < 0.1
     assert trial.user_attrs["sparsity"] == pytest.approx(99.0, abs=0.1)
     assert set(trial.user_attrs["layer_density"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
     assert trial.user_attrs["epochs"] == EPOCHS
 
     # Masks only grow: a weight masked at one step stays masked, and the stored model holds the last.
-    masks = epochs.masks + [{k: v for k, v in _weights(pipe.sparse_model).items() if k.endswith(".mask")}]
+    masks = epochs.masks + [{k: v for k, v in _weights(pipe.res.sparse_model).items() if k.endswith(".mask")}]
     for before, after in zip(masks, masks[1:]):
         for key in before:
             assert bool((after[key] <= before[key]).all()), key
-    assert _same(_weights(pipe.sparse_model), reference[0])  # the same numbers in another study
+    assert _same(_weights(pipe.res.sparse_model), reference[0])  # the same numbers in another study
 
     for e in range(EPOCHS):
         assert any(f"sparse epoch {e + 1}/{EPOCHS} sparsity" in line for line in lines), lines
     assert pipe.studies.progress(pipe.stages[1]) is None  # finished: a --rerun starts over
     leftovers = [p.name for p in Path(pipe.cfg.artifacts).iterdir() if p.name.startswith("progress-")]
     assert leftovers == []  # progress files go once the stage's checkpoint is stored
-    assert "gradual over 4 epochs" in pipe.density_table()
+    assert "gradual over 4 epochs" in density_table(pipe)
 
 
 def test_one_shot_default_gives_the_weights_magnitude_prune_gave(tmp_path, monkeypatch):
@@ -134,9 +135,9 @@ def test_one_shot_default_gives_the_weights_magnitude_prune_gave(tmp_path, monke
     dense.load_state_dict(torch.load(tmp_path / "mine.pt"))
     dense = so.make_searchable(dense)
     magnitude_prune(dense, 0.99, scope="layer")  # what every worker did before the stage existed
-    assert _same(_weights(pipe.sparse_model), _weights(dense))
+    assert _same(_weights(pipe.res.sparse_model), _weights(dense))
     assert trial.user_attrs["sparsity"] == pytest.approx(99.0, abs=0.01)
-    assert trial.value == pytest.approx(so.evaluate(dense, pipe.splits.val).accuracy)
+    assert trial.value == pytest.approx(so.evaluate(dense, pipe.res.splits.val).accuracy)
 
     # The stored masks hold through fine-tuning, as for a model pruned in memory.
     model = pipe.res.fresh({})
@@ -155,7 +156,7 @@ def test_an_interrupted_schedule_resumes_at_its_last_epoch(tmp_path, monkeypatch
     _Epochs(monkeypatch, stop_at=2)  # interrupted as the third epoch starts: two are stored
     with pytest.raises(KeyboardInterrupt):
         _sparsify(first)
-    study = first.study("sparse")
+    study = first.studies.study("sparse")
     (stopped,) = study.get_trials(deepcopy=False)
     assert stopped.state == TrialState.FAIL and stopped.user_attrs[PROGRESS_ATTR]["epoch"] == 2
     if progress == "lost":  # a damaged or deleted progress file: the schedule starts over
@@ -173,7 +174,7 @@ def test_an_interrupted_schedule_resumes_at_its_last_epoch(tmp_path, monkeypatch
         assert len(epochs.masks) == EPOCHS
         assert any("cannot be used" in line and "starting gradual pruning over" in line for line in lines), lines
     # the same weights, masks and per-epoch record as the run that never stopped
-    assert _same(_weights(again.sparse_model), reference[0])
+    assert _same(_weights(again.res.sparse_model), reference[0])
     assert trial.user_attrs["schedule"] == reference[1]
     assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.FAIL, TrialState.COMPLETE]
     assert not [p for p in Path(again.cfg.artifacts).iterdir() if p.name.startswith("progress-")]
@@ -185,8 +186,8 @@ torch.set_num_threads(1)
 from safs_optuna.config import load_config
 from safs_optuna.pipeline import Pipeline
 pipe = Pipeline(load_config(sys.argv[1]), worker=1, heartbeat_interval=1, grace_period=2)
-pipe.prepare_studies()
-while not pipe.is_done("sparse"):
+pipe.studies.prepare()
+while not pipe.studies.status("sparse").done:
     pipe.step()
 """
 
@@ -216,20 +217,20 @@ def test_a_worker_killed_during_the_schedule_is_resumed_by_the_next(tmp_path, re
 
     lines: list[str] = []
     again = Pipeline(cfg, worker=2, log=lines.append, heartbeat_interval=1, grace_period=2)
-    again.prepare_studies()
-    again.settle()  # the killed trial's heartbeat stops: it is failed and queued again
+    again.studies.prepare()
+    again.studies.settle(again.log)  # the killed trial's heartbeat stops: it is failed and queued again
     trial = _sparsify(again)
     assert any(f"resuming gradual pruning at epoch {killed_at + 1}/{EPOCHS}" in line for line in lines), lines
-    assert _same(_weights(again.sparse_model), reference[0])
+    assert _same(_weights(again.res.sparse_model), reference[0])
     assert trial.user_attrs["schedule"] == reference[1]
-    states = [t.state for t in again.study("sparse").get_trials(deepcopy=False)]
+    states = [t.state for t in again.studies.study("sparse").get_trials(deepcopy=False)]
     assert states.count(TrialState.COMPLETE) == 1 and set(states) == {TrialState.FAIL, TrialState.COMPLETE}
 
 
 def test_a_study_stored_before_the_sparse_stage_existed_runs_nothing_again(tmp_path):
     path = _config(tmp_path, gradual=0)
     cfg = load_config(path)
-    Pipeline(cfg, log=lambda msg: None).work(poll=0.1)
+    work_all([Pipeline(cfg, log=lambda msg: None)], poll=0.1)
     # Make it a study of the version before the stage: no sparse study, no gradual_epochs key.
     sparse = optuna.load_study(study_name="tiny/sparse", storage=cfg.storage)
     (Path(cfg.artifacts) / sparse.best_trial.user_attrs["checkpoint"]).unlink()
@@ -245,24 +246,24 @@ def test_a_study_stored_before_the_sparse_stage_existed_runs_nothing_again(tmp_p
 
     before = counts()
     old = Pipeline(cfg, log=lambda msg: None, create=False)
-    row = old.row()
-    assert [v is not None for v in row.values] == [True, True, False, False, True]  # no ablations here
-    assert "| `conv1` | 150 | 1.33 |" in old.density_table()  # from the baseline's trial
-    assert not old.status("sparse").exists
+    measured = row(old)
+    assert [v is not None for v in measured.values] == [True, True, False, False, True]  # no ablations here
+    assert "| `conv1` | 150 | 1.33 |" in density_table(old)  # from the baseline's trial
+    assert not old.studies.status("sparse").exists
     for stage in old.stages:
         if stage.name != "sparse":
-            st = old.status(stage)
+            st = old.studies.status(stage)
             assert st.done and st.superseded == 0, stage.name
 
     lines: list[str] = []
     resumed = Pipeline(cfg, log=lines.append)
-    resumed.work(poll=0.1)  # resuming runs the new stage only: cheap, one-shot
+    work_all([resumed], poll=0.1)  # resuming runs the new stage only: cheap, one-shot
     after = counts()
     assert after.pop("tiny/sparse") == 1 and after == before
     assert not any(": started" in line and "sparse" not in line for line in lines), lines
-    assert resumed.row() == row
-    st = resumed.status("sparse")
+    assert row(resumed) == measured
+    st = resumed.studies.status("sparse")
     assert st.done and st.best_trial.user_attrs["layer_density"] == (
-        resumed.status("baseline").best_trial.user_attrs["layer_density"])
+        resumed.studies.status("baseline").best_trial.user_attrs["layer_density"])
     for stage in resumed.stages:
-        assert resumed.status(stage).superseded == 0, stage.name
+        assert resumed.studies.status(stage).superseded == 0, stage.name

@@ -52,3 +52,21 @@ def test_rdb_backend_and_heartbeat_model(tmp_path):
     with backend.engine.connect() as conn:
         rows = [r[0] for r in conn.execute(sqlalchemy.select(model.trial_id))]
     assert rows == [op.trial_id(trial)]
+
+
+def test_a_claimed_queued_trial_is_that_trial_and_records_heartbeats(tmp_path):
+    study = _study(tmp_path)
+    study.enqueue_trial({"x": 2})
+    frozen = study.get_trials(deepcopy=False)[0]
+    storage = op.storage_of(study)
+    assert storage.set_trial_state_values(op.trial_id(frozen), state=optuna.trial.TrialState.RUNNING)
+    trial = op.claimed_trial(study, op.trial_id(frozen))
+    assert trial.number == frozen.number and trial.suggest_int("x", 0, 5) == 2
+    assert op.heartbeat_interval(storage) == 60
+    op.record_heartbeat(storage, op.trial_id(trial))
+    with op.rdb_backend(storage).engine.connect() as conn:
+        rows = [r[0] for r in conn.execute(sqlalchemy.select(op.heartbeat_model().trial_id))]
+    assert rows == [op.trial_id(trial)]
+    study.tell(trial, 1.0)
+    assert study.trials[0].params == {"x": 2} and study.trials[0].value == 1.0
+    assert op.heartbeat_interval(optuna.storages.InMemoryStorage()) is None

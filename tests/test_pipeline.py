@@ -14,7 +14,7 @@ import pytest
 
 from safs_optuna.cli import main
 from safs_optuna.config import load_config
-from safs_optuna.pipeline import Pipeline
+from safs_optuna.pipeline import Pipeline, results
 
 from ._tiny import write_config
 
@@ -160,12 +160,12 @@ def test_interrupted_run_resumes_as_if_never_stopped(tmp_path, sig):
 def test_config_change_on_resume_is_refused(tmp_path):
     path = write_config(tmp_path)
     cfg = load_config(path)
-    Pipeline(cfg).prepare_studies()
+    Pipeline(cfg).studies.prepare()
     changed = load_config(path, {"sparsity.ratio": 0.9})
     with pytest.raises(Exception, match="sparsity.ratio"):
-        Pipeline(changed).prepare_studies()
+        Pipeline(changed).studies.prepare()
     # a bigger search budget is allowed: that is how a user extends a finished study
-    Pipeline(load_config(path, {"activations.trials": 10})).prepare_studies()
+    Pipeline(load_config(path, {"activations.trials": 10})).studies.prepare()
     assert Path(cfg.storage.replace("sqlite:///", "")).exists()
 
 
@@ -181,15 +181,15 @@ def test_dense_checkpoint_is_used_instead_of_training(tmp_path):
     path.write_text(path.read_text().replace("[dense]\nepochs = 1", '[dense]\ncheckpoint = "mine.pt"'))
     cfg = load_config(path)
     pipe = Pipeline(cfg)
-    pipe.prepare_studies()
-    pipe._run_once(pipe.stages[0], pipe.status(pipe.stages[0]))
+    pipe.studies.prepare()
+    pipe._run_once(pipe.stages[0], pipe.studies.status(pipe.stages[0]))
     trial = _trials(cfg, "dense")[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["epochs"] == 0
     splits = so.data.load("quickstart")
     assert trial.value == pytest.approx(so.evaluate(so.make_searchable(dense), splits.val).accuracy)
     sparse = pipe.stages[1]  # pruned from the dense stage's checkpoint
-    pipe._run_once(sparse, pipe.status(sparse))
-    assert torch.equal(pipe.sparse_model.get_submodule("conv1").weight_orig, dense.get_submodule("conv1").weight)
+    pipe._run_once(sparse, pipe.studies.status(sparse))
+    assert torch.equal(pipe.res.sparse_model.get_submodule("conv1").weight_orig, dense.get_submodule("conv1").weight)
 
     wrong = tmp_path / "wrong.pt"
     torch.save(so.build_model("vgg16").state_dict(), wrong)
@@ -359,7 +359,7 @@ def test_a_new_stage1_winner_reruns_what_used_the_old_one(tmp_path):
     assert _cli("run", str(path)).returncode == 0
     cfg = load_config(path)
     pipe = Pipeline(cfg, log=lambda msg: None)
-    old = pipe.status("activations").best_trial
+    old = pipe.studies.status("activations").best_trial
     # A user grows the search and it finds a better set of activations after stage 2 used the old one.
     study = optuna.load_study(study_name="tiny/activations", storage=cfg.storage)
     params = {k: ("tanh" if v != "tanh" else "elu") for k, v in old.params.items()}
@@ -369,19 +369,19 @@ def test_a_new_stage1_winner_reruns_what_used_the_old_one(tmp_path):
     grown = _cli("run", str(path), "--set", "activations.trials=4")
     assert grown.returncode == 0, grown.stderr[-3000:]
     new = Pipeline(cfg, log=lambda msg: None)
-    winner = new.status("activations").best_trial
+    winner = new.studies.status("activations").best_trial
     assert winner.number != old.number and winner.params == params
-    hpo = new.status("hpo")
+    hpo = new.studies.status("hpo")
     assert hpo.done and hpo.superseded == 3  # the earlier stage-2 trials are kept, not counted
     assert hpo.best_trial.user_attrs["inputs"] == {"activations": winner.number}
-    final = new.status("final").best_trial
+    final = new.studies.status("final").best_trial
     assert final.user_attrs["inputs"] == {"activations": winner.number, "hpo": hpo.best_trial.number}
-    assert new.status("stage1").best_trial.user_attrs["inputs"] == {"activations": winner.number}
+    assert new.studies.status("stage1").best_trial.user_attrs["inputs"] == {"activations": winner.number}
     assert len([t for t in _trials(cfg, "final") if t.state == TrialState.COMPLETE]) == 2
     # the report's columns all come from the new winners
-    row = new.row()
+    row = results.row(new)
     assert row.values[4] == final.user_attrs["test_accuracy"]
-    assert row.values[2] == new.status("stage1").best_trial.user_attrs["test_accuracy"]
+    assert row.values[2] == new.studies.status("stage1").best_trial.user_attrs["test_accuracy"]
 
 
 def test_a_lost_checkpoint_names_the_stage_and_rerun_restores_it(tmp_path):

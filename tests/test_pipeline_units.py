@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from safs_optuna.config import HPOSpace, load_config
 from safs_optuna.pipeline import STAGES, Pipeline, PipelineError, hparams_from_params, suggest_hparams
+from safs_optuna.pipeline.results import warnings
 from safs_optuna.training import HParams
 
 from ._tiny import write_config
@@ -98,27 +99,27 @@ def test_status_before_and_after_prepare(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
     assert [s.name for s in pipe.stages] == [s.name for s in STAGES]  # ablations are on by default
     for stage in pipe.stages:
-        st = pipe.status(stage)
+        st = pipe.studies.status(stage)
         assert not st.exists and not st.done and st.finished == 0 and st.best_trial is None
-    pipe.prepare_studies()
+    pipe.studies.prepare()
     budgets = {"activations": 3, "hpo": 3, "hpo-relu": 3}
     for stage in pipe.stages:
-        st = pipe.status(stage)
+        st = pipe.studies.status(stage)
         assert st.exists and not st.done, stage.name
         assert st.budget == budgets.get(stage.name, 1)
         # Every stage has its first trial queued: a once stage's only one, a search stage's start point.
         assert (st.waiting, st.running, st.failed, st.finished) == (1, 0, 0, 0), stage.name
-    assert not pipe.is_done("dense")
+    assert not pipe.studies.status("dense").done
     names = {s.study_name for s in optuna.get_all_study_summaries(cfg.storage)}
     assert names == {f"tiny/{s.name}" for s in STAGES}
 
 
 def test_once_stages_are_queued_exactly_once(cfg):
     first = Pipeline(cfg, log=lambda msg: None)
-    first.prepare_studies()
-    first.prepare_studies()
+    first.studies.prepare()
+    first.studies.prepare()
     second = Pipeline(cfg, worker=1, log=lambda msg: None)  # another worker joining the study
-    second.prepare_studies()
+    second.studies.prepare()
     for name in _once(first):
         assert _states(cfg, name) == [TrialState.WAITING], name
     for name in ("activations", "hpo", "hpo-relu"):  # the start points, queued once too
@@ -127,7 +128,7 @@ def test_once_stages_are_queued_exactly_once(cfg):
 
 def test_stage2_starts_from_the_default_protocol_inside_the_space(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
-    pipe.prepare_studies()
+    pipe.studies.prepare()
     lo_wd = cfg.hpo.space.weight_decay[0]
     for name, extra in (("hpo", {"learn_scale": True}), ("hpo-relu", {})):
         study = optuna.load_study(study_name=f"tiny/{name}", storage=cfg.storage)
@@ -140,34 +141,34 @@ def test_stage2_starts_from_the_default_protocol_inside_the_space(cfg):
 
 def test_a_failed_once_stage_is_rearmed_only_when_asked(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
-    pipe.prepare_studies()
-    study = pipe.study(next(s for s in STAGES if s.name == "baseline"))
+    pipe.studies.prepare()
+    study = pipe.studies.study(next(s for s in STAGES if s.name == "baseline"))
     (trial,) = study.get_trials(deepcopy=False)
-    assert pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-    pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    assert pipe.studies.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+    pipe.studies.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
-    Pipeline(cfg, log=lambda msg: None).prepare_studies(rearm=False)
+    Pipeline(cfg, log=lambda msg: None).studies.prepare(rearm=False)
     assert _states(cfg, "baseline") == [TrialState.FAIL]
     fresh = Pipeline(cfg, log=lambda msg: None)
-    fresh.prepare_studies(rearm=True)
+    fresh.studies.prepare(rearm=True)
     assert _states(cfg, "baseline") == [TrialState.FAIL, TrialState.WAITING]
-    fresh.prepare_studies(rearm=True)  # already re-armed: not queued twice
+    fresh.studies.prepare(rearm=True)  # already re-armed: not queued twice
     assert _states(cfg, "baseline") == [TrialState.FAIL, TrialState.WAITING]
     for name in _once(pipe):
         if name != "baseline":
             assert _states(cfg, name) == [TrialState.WAITING], name
-    st = fresh.status(next(s for s in STAGES if s.name == "baseline"))
+    st = fresh.studies.status(next(s for s in STAGES if s.name == "baseline"))
     assert (st.failed, st.waiting) == (1, 1)
 
 
 def test_a_changed_config_is_refused_but_budgets_may_grow(cfg, tmp_path):
-    Pipeline(cfg, log=lambda msg: None).prepare_studies()
+    Pipeline(cfg, log=lambda msg: None).studies.prepare()
     grown = load_config(write_config(tmp_path, trials=5))
-    Pipeline(grown, log=lambda msg: None).prepare_studies()  # more trials: the same study
+    Pipeline(grown, log=lambda msg: None).studies.prepare()  # more trials: the same study
     changed = tmp_path / "tiny.toml"
     changed.write_text(changed.read_text().replace("ratio = 0.99", "ratio = 0.9"))
     with pytest.raises(PipelineError, match=r"sparsity\.ratio: stored 0\.99, config 0\.9"):
-        Pipeline(load_config(changed), log=lambda msg: None).prepare_studies()
+        Pipeline(load_config(changed), log=lambda msg: None).studies.prepare()
 
 
 # ----------------------------------------------------------------- a search that found nothing
@@ -193,38 +194,38 @@ def test_a_finished_search_says_when_it_found_nothing(cfg, curves, says, capsys)
     from safs_optuna.cli import main
 
     pipe = Pipeline(cfg, log=lambda msg: None)
-    study = pipe.study("activations")
+    study = pipe.studies.study("activations")
     for trial in study.get_trials(deepcopy=False):  # the queued start point: replaced by hand-made ones
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        pipe.studies.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        pipe.studies.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     for i, accs in enumerate(curves):
         _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
-    st = pipe.status("activations")
+    st = pipe.studies.status("activations")
     assert st.done
     if says is None:
-        assert st.found_nothing is None and pipe.warnings() == []
+        assert st.found_nothing is None and warnings(pipe) == []
         return
     assert says in st.found_nothing and "--set activations." in st.found_nothing
-    assert pipe.warnings() == [st.found_nothing]
+    assert warnings(pipe) == [st.found_nothing]
     assert main(["status", str(cfg.path)]) == 0
     out = capsys.readouterr().out
     assert "NOTHING" in out and f"WARNING {st.found_nothing}" in out
     from safs_optuna.report import dashboard_note
 
-    note, _ = dashboard_note(cfg, "table", pipe.warnings(), {}, "plot", 1)
+    note, _ = dashboard_note(cfg, "table", warnings(pipe), {}, "plot", 1)
     assert f"**Warning:** {st.found_nothing}" in note
 
 
 def _stuck_at_chance(cfg, stage: str) -> str | None:
     """What a finished search ``stage`` whose 3 trials all stayed at chance says."""
     pipe = Pipeline(cfg, log=lambda msg: None)
-    study = pipe.study(stage)
+    study = pipe.studies.study(stage)
     for trial in study.get_trials(deepcopy=False):  # the queued start point: replaced by hand-made ones
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        pipe.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        pipe.studies.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        pipe.studies.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     for i, accs in enumerate([[10.0, 10.2], [9.9, 10.4], [10.1, 10.0]]):
         _add(study, accs, start=i == 0, op=("relu", "gelu", "elu")[i])
-    return pipe.status(stage).found_nothing
+    return pipe.studies.status(stage).found_nothing
 
 
 @pytest.mark.parametrize("hpo_epochs, knob", [("1", "hpo.epochs=… (now 1)"), ('"final"', "final.epochs=… (now 1)")])
@@ -246,13 +247,13 @@ def test_a_search_stuck_at_chance_after_layer_wise_pruning_suggests_another_allo
 
 def test_a_study_stored_before_a_config_key_existed_resumes_at_its_default(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
-    pipe.prepare_studies()
-    study = pipe.study("dense")
+    pipe.studies.prepare()
+    study = pipe.studies.study("dense")
     stored = dict(study.user_attrs["config"])
     stored["sparsity"] = {k: v for k, v in stored["sparsity"].items() if k != "min_density"}
     study.set_user_attr("config", stored)  # as an older version wrote it
-    assert Pipeline(cfg, log=lambda msg: None).study("dense").study_name == study.study_name
+    assert Pipeline(cfg, log=lambda msg: None).studies.study("dense").study_name == study.study_name
     stored["sparsity"]["ratio"] = 0.5  # a key that exists and differs still refuses the study
     study.set_user_attr("config", stored)
     with pytest.raises(PipelineError, match=r"sparsity.ratio: stored 0.5, config 0.99"):
-        Pipeline(cfg, log=lambda msg: None).study("dense")
+        Pipeline(cfg, log=lambda msg: None).studies.study("dense")

@@ -8,6 +8,7 @@ import pytest
 from safs_optuna.cli import main
 from safs_optuna.config import load_config
 from safs_optuna.pipeline import Pipeline
+from safs_optuna.pipeline.fidelity import configured_epochs, known_epochs
 from safs_optuna.pipeline.stages import stage
 
 from ._tiny import write_config
@@ -27,14 +28,14 @@ def test_stage2_trials_train_the_full_fine_tune_and_its_column_reproduces_the_wi
     for stage in ("hpo", "hpo-relu"):
         trials = optuna.load_study(study_name=f"tiny/{stage}", storage=cfg.storage).trials
         assert trials and all(len(t.intermediate_values) == 2 for t in trials), stage  # [final] epochs
-    winner = pipe.status("hpo-relu").best_trial
-    column = pipe.status("stage2").best_trial
+    winner = pipe.studies.status("hpo-relu").best_trial
+    column = pipe.studies.status("stage2").best_trial
     # Same data, seed, protocol and learned scales: the full fine-tune is the search trial again,
     # so the column scores on validation exactly what made the winner win.
     assert column.user_attrs["val_accuracy"] == pytest.approx(winner.value, abs=1e-3)
     assert column.user_attrs["hparams"]["lr"] == pytest.approx(winner.params["lr"])
-    final = pipe.status("final").best_trial
-    assert final.user_attrs["val_accuracy"] == pytest.approx(pipe.status("hpo").best_trial.value, abs=1e-3)
+    final = pipe.studies.status("final").best_trial
+    assert final.user_attrs["val_accuracy"] == pytest.approx(pipe.studies.status("hpo").best_trial.value, abs=1e-3)
 
 
 def test_hpo_epochs_final_follows_the_final_epochs(tmp_path):
@@ -43,8 +44,8 @@ def test_hpo_epochs_final_follows_the_final_epochs(tmp_path):
     studies = Pipeline(cfg, log=lambda msg: None).studies
     assert not studies.status("hpo-relu").exists
     assert studies.status("hpo-relu").epochs == 7  # what `status` shows before the stage starts
-    assert studies.configured_epochs(stage("hpo")) == 7
-    assert studies.configured_epochs(stage("hpo-relu")) == 7
-    assert studies.fidelity(stage("hpo")) == (7, None)
+    assert configured_epochs(cfg, stage("hpo")) == 7
+    assert configured_epochs(cfg, stage("hpo-relu")) == 7
+    assert known_epochs(cfg, stage("hpo"), studies.study("hpo")) == (7, None)
     assert load_config(path, {"hpo.epochs": 3}).hpo.epochs == 3
 

@@ -19,6 +19,7 @@ import optuna
 import pytest
 
 from safs_optuna.config import load_config
+from safs_optuna.pipeline import column_trials
 
 from ._user_project import tiny_config, write_images, write_modules, write_pruned
 
@@ -154,7 +155,7 @@ def test_the_python_call_runs_the_staged_pipeline_with_objects_and_resumes(tmp_p
     results = so.run(config, model=netmod.make_net, data=datamod.make_data, fit=fitmod.fit,
                      evaluate=fitmod.top1, workers=2)
     assert "| py (measured) |" in results.table
-    final = results.pipelines[0].column_trials()["SAFS"]
+    final = column_trials(results.pipelines[0])["SAFS"]
     assert final.user_attrs["worker"] in (1, 2) and 0.0 <= final.value <= 1.0
     stored = optuna.load_study(study_name="py/final", storage=config["storage"]).user_attrs["config"]
     assert stored["model"]["name"] == "netmod:make_net" and stored["data"]["name"] == "datamod:make_data"

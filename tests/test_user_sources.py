@@ -439,9 +439,9 @@ def test_an_import_path_read_back_from_the_storage_is_never_imported(project, ca
     from safs_optuna.pipeline import Pipeline
 
     pipe = Pipeline(cfg)
-    pipe.prepare_studies()
+    pipe.studies.prepare()
     for stage in pipe.stages:  # an attacker rewrites the stored config of every stage
-        study = pipe.study(stage)
+        study = pipe.studies.study(stage)
         stored = dict(study.user_attrs["config"])
         stored["model"] = {**stored["model"], "name": "evilmod:make"}
         study.set_user_attr("config", stored)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StudyConfig, load_config, parse_config, to_dict
+from .results import results_table
 from .usercode import UserCode, describe
 
 __all__ = ["Results", "results_table", "run"]
@@ -30,7 +31,8 @@ class Results:
         table: The paper-style Markdown table (one row per seed, their mean ± sd with several).
         warnings: One line per search stage that found nothing.
         pipelines: One :class:`~safs_optuna.pipeline.Pipeline` per seed, for ``status``-like reads
-            (``pipelines[0].column_trials()``) and the models (``pipelines[0].res.load("final")``).
+            (:func:`~safs_optuna.pipeline.column_trials` ``(pipelines[0])``) and the models
+            (``pipelines[0].res.load("final")``).
     """
 
     table: str
@@ -87,7 +89,8 @@ def run(
     """
     from .preflight import preflight
     from .resources import set_threads, default_threads
-    from .runner import Pipeline, work_all
+    from .results import warnings
+    from .worker import Pipeline, work_all
 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -100,9 +103,9 @@ def run(
     preflight(cfgs, given, warn=lambda line: print(f"safs-optuna: warning: {line}", file=sys.stderr))
     pipes = [Pipeline(c, worker=1, log=log, code=given) for c in cfgs]
     for pipe in pipes:
-        pipe.prepare_studies(rearm=True)
+        pipe.studies.prepare(rearm=True)
     for pipe in pipes:
-        pipe.settle()
+        pipe.studies.settle(pipe.log)
     threads = cfg.threads or default_threads(workers)
     procs = []
     if workers > 1:
@@ -119,27 +122,15 @@ def run(
     finally:
         for p in procs:
             p.join()
-    return Results(table=results_table(pipes), warnings=[w for p in pipes for w in p.warnings()],
+    return Results(table=results_table(pipes), warnings=[w for p in pipes for w in warnings(p)],
                    pipelines=pipes)
-
-
-def results_table(pipes: Sequence[Any]) -> str:
-    """The results table: one row per seed, their mean ± sd, the paper's row."""
-    from ..report import markdown_table, mean_row
-
-    if len(pipes) == 1:
-        return pipes[0].table()
-    rows = [p.row() for p in pipes]
-    name = pipes[0].cfg.name.rsplit("/seed", 1)[0]
-    rows.append(mean_row(rows, f"{name}: mean ± sd over {len(pipes)} seeds"))
-    return markdown_table(rows + pipes[0].rows()[1:])
 
 
 def _worker(cfgs: list[StudyConfig], code: UserCode, worker: int, threads: int,
             log: Callable[[str], None] | None) -> None:
     """One more worker process of :func:`run`."""
     from .resources import set_threads
-    from .runner import Pipeline, work_all
+    from .worker import Pipeline, work_all
 
     set_threads(threads)
     work_all([Pipeline(c, worker=worker, log=log, code=code) for c in cfgs])

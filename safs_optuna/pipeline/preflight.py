@@ -50,7 +50,7 @@ def preflight(cfgs: Sequence[StudyConfig], code: UserCode | None = None,
         check_storage(c.storage)  # a folder, an unwritable place or a damaged database: one line
     _check_artifacts(cfg, where)
     try:
-        res = Resources(cfg, lambda name: None, UserCode.from_config(cfg, code))
+        res = Resources(cfg, UserCode.from_config(cfg, code))
         splits = res.splits  # a missing dataset stops here, before anything is written
     except (DatasetNotFoundError, DatasetFormatError):
         raise

@@ -7,25 +7,28 @@ import copy
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
 from torch import nn
 
 from .. import data as data_mod
 from ..activation import OperatorTree
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import StudyConfig
-from ..models import build_model, make_searchable, sites
+from ..models import make_searchable, sites
 from ..space import ActivationSpace
 from ..sparsity import magnitude_prune
 from ..sources import call_accepting
 from ..storage import make_artifact_store, read_failure, staging
-from .usercode import UserCode
+from .stages import STAGES, Body
+from .usercode import NetworkBuilder, UserCode
+
+if TYPE_CHECKING:
+    from .status import StatusReader
 
 __all__ = ["Resources", "load_splits", "default_threads", "set_threads"]
 
@@ -57,21 +60,22 @@ class Resources:
 
     Args:
         cfg: The study config.
-        best_trial: Returns the finished trial of a "once" stage (to fetch its checkpoint).
         code: The user's model, data, loop and test metric (imported or given), if any.
+        trials: Where the stages stand, to find the checkpoint a finished "once" stage stored;
+            ``None`` where no stage has run (checks before anything is written).
     """
 
-    def __init__(self, cfg: StudyConfig, best_trial: Callable[[str], FrozenTrial | None],
-                 code: UserCode | None = None) -> None:
+    def __init__(self, cfg: StudyConfig, code: UserCode | None = None, trials: StatusReader | None = None) -> None:
         self.cfg = cfg
         self.code = code or UserCode()
         self.artifacts = make_artifact_store(cfg.artifacts)
-        self._best_trial = best_trial
+        self._trials = trials
         self._splits: data_mod.Splits | None = None
         self._subsets: dict[float, data_mod.Splits] = {}
         self._sparse: nn.Module | None = None
         self._space: ActivationSpace | None = None
         self._own: dict[str, OperatorTree] | None = None
+        self._build: NetworkBuilder | None = None
         self.tmp = tempfile.TemporaryDirectory(prefix="safs-optuna-")
 
     @property
@@ -97,20 +101,13 @@ class Resources:
             arch["kwargs"] = dict(self.cfg.model.kwargs)
         return arch
 
-    def build(self) -> nn.Module:
-        """A new network from the config's model source, with plain activations."""
-        arch = {k: v for k, v in self.arch.items() if k not in ("name", "kwargs")}
-        factory = self.code.model_factory()
-        if factory is not None:
-            model = call_accepting(factory, arch, dict(self.cfg.model.kwargs), f"[model] name {self.cfg.model.name!r}")
-            if not isinstance(model, nn.Module):
-                from ..sources import SourceError
-
-                raise SourceError(f"[model] name {self.cfg.model.name!r} returned {type(model).__name__}, "
-                                  "not a torch.nn.Module")
-            return model
-        folder = str(self.cfg.path.parent) if self.cfg.path is not None else None
-        return build_model(self.cfg.model.name, **arch, kwargs=self.cfg.model.kwargs, search_dir=folder)
+    @property
+    def build(self) -> NetworkBuilder:
+        """``res.build()`` is a new network from the config's model source, with plain activations
+        (a builder of its own, which checkpoints also rebuild with)."""
+        if self._build is None:
+            self._build = NetworkBuilder(self.cfg, self.code, self.arch)
+        return self._build
 
     @property
     def space(self) -> ActivationSpace:
@@ -136,7 +133,7 @@ class Resources:
 
         dest = Path(self.tmp.name) / f"{stage_name}.pt"
         if not dest.exists():
-            best = self._best_trial(stage_name)
+            best = self._trials.status(stage_name).best_trial if self._trials is not None else None
             if best is None:
                 raise PipelineError(f"stage {stage_name!r} has no finished trial yet")
             artifact_id = best.user_attrs["checkpoint"]
@@ -176,9 +173,7 @@ class Resources:
 
     def dense_model(self) -> nn.Module:
         """A fresh copy of the network the dense stage stored."""
-        from .stages import STAGES
-
-        model, _ = self.load(next(s.name for s in STAGES if s.body == "dense"))
+        model, _ = self.load(next(s.name for s in STAGES if s.body == Body.DENSE))
         return model
 
     def save_progress(self, model: nn.Module, epoch: int) -> str:
@@ -242,9 +237,7 @@ class Resources:
     def sparse_model(self) -> nn.Module:
         """The network the sparsify stage stored: the start of every fine-tune (copied)."""
         if self._sparse is None:
-            from .stages import STAGES
-
-            self._sparse, _ = self.load(next(s.name for s in STAGES if s.body == "sparsify"))
+            self._sparse, _ = self.load(next(s.name for s in STAGES if s.body == Body.SPARSIFY))
         return self._sparse
 
     def fresh(self, trees: Mapping[str, OperatorTree], learn_scale: bool = False) -> nn.Module:

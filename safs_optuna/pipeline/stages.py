@@ -22,8 +22,39 @@ modules never compare stage names: they read these fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
-__all__ = ["Stage", "STAGES", "COLUMN_STAGES", "stage"]
+__all__ = ["Body", "Kind", "Searches", "Stage", "STAGES", "COLUMN_STAGES", "stage"]
+
+
+class _Word(str, Enum):
+    """A value of the stage table that is also its word: compares equal to it, prints as it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Kind(_Word):
+    """How a stage runs: one queued trial run by exactly one worker, or a search of many trials."""
+
+    ONCE = "once"
+    SEARCH = "search"
+
+
+class Body(_Word):
+    """What a stage's trial does (:data:`safs_optuna.pipeline.bodies.BODIES` maps each to its function)."""
+
+    DENSE = "dense"
+    SPARSIFY = "sparsify"
+    FINETUNE = "finetune"
+    SEARCH = "search"
+
+
+class Searches(_Word):
+    """What a search trial draws."""
+
+    TREES = "trees"
+    PROTOCOL = "protocol"
 
 
 @dataclass(frozen=True)
@@ -32,16 +63,17 @@ class Stage:
 
     Attributes:
         name: The study's suffix and the name users type (``--stage``, ``status``).
-        kind: ``"once"`` (one queued trial, run by exactly one worker) or ``"search"``.
+        kind: :class:`Kind`: ``once`` (one queued trial, run by exactly one worker) or ``search``.
         needs: Stages that must be done before this one starts.
         ablation: Only with ``ablations = true`` in the config (the paper's ablation columns).
-        body: What a trial does: ``"dense"`` (train or load the dense network), ``"sparsify"``
-            (prune the dense network to ``[sparsity]``, one-shot or gradually; its checkpoint is
-            the sparse network every later stage starts from), ``"finetune"`` (a full fine-tune
-            of the sparse network, reported on the test split) or ``"search"`` (a short
+        body: :class:`Body`, what a trial does: ``dense`` (train or load the dense network),
+            ``sparsify`` (prune the dense network to ``[sparsity]``, one-shot or gradually; its
+            checkpoint is the sparse network every later stage starts from), ``finetune`` (a full
+            fine-tune of the sparse network, reported on the test split) or ``search`` (a short
             fine-tune scored on the validation split).
         section: The config section with the search stage's sampler, pruner, trials and epochs.
-        searches: What a search trial draws: ``"trees"`` (one per site) or ``"protocol"``.
+        searches: :class:`Searches`, what a search trial draws: ``trees`` (one per site) or
+            ``protocol``.
         trees_from: Whose activations: the winner of this search stage, or ``None`` for the
             network's own activation at every site (drawn by the trial when ``searches`` is trees).
         protocol_from: Whose fine-tuning protocol: the winner of this search stage, or ``None``
@@ -58,12 +90,12 @@ class Stage:
     """
 
     name: str
-    kind: str
+    kind: Kind
     needs: tuple[str, ...] = ()
     ablation: bool = False
-    body: str = "finetune"
+    body: Body = Body.FINETUNE
     section: str | None = None
-    searches: str | None = None
+    searches: Searches | None = None
     trees_from: str | None = None
     protocol_from: str | None = None
     learn_scale: bool | None = False
@@ -76,19 +108,19 @@ class Stage:
 # critical path (dense -> activations -> hpo -> final) goes first and ablations fill waits.
 STAGES: tuple[Stage, ...] = (
     # A user's pruned network ([sparsity] checkpoint) is loaded by "sparse": no dense stage.
-    Stage("dense", "once", body="dense", column="dense", skipped_by="sparsity.checkpoint"),
-    Stage("sparse", "once", ("dense",), body="sparsify"),
-    Stage("baseline", "once", ("sparse",), column="magnitude pruning"),
-    Stage("activations", "search", ("sparse",), body="search", section="activations", searches="trees",
-          seed=2),
-    Stage("hpo", "search", ("activations",), body="search", section="hpo", searches="protocol",
-          trees_from="activations", learn_scale=None, seed=3),
-    Stage("final", "once", ("hpo",), trees_from="activations", protocol_from="hpo", learn_scale=None,
+    Stage("dense", Kind.ONCE, body=Body.DENSE, column="dense", skipped_by="sparsity.checkpoint"),
+    Stage("sparse", Kind.ONCE, ("dense",), body=Body.SPARSIFY),
+    Stage("baseline", Kind.ONCE, ("sparse",), column="magnitude pruning"),
+    Stage("activations", Kind.SEARCH, ("sparse",), body=Body.SEARCH, section="activations",
+          searches=Searches.TREES, seed=2),
+    Stage("hpo", Kind.SEARCH, ("activations",), body=Body.SEARCH, section="hpo",
+          searches=Searches.PROTOCOL, trees_from="activations", learn_scale=None, seed=3),
+    Stage("final", Kind.ONCE, ("hpo",), trees_from="activations", protocol_from="hpo", learn_scale=None,
           column="SAFS"),
-    Stage("hpo-relu", "search", ("sparse",), ablation=True, body="search", section="hpo",
-          searches="protocol", learn_scale=True, seed=5),
-    Stage("stage1", "once", ("activations",), ablation=True, trees_from="activations", column="stage 1"),
-    Stage("stage2", "once", ("hpo-relu",), ablation=True, protocol_from="hpo-relu", learn_scale=True,
+    Stage("hpo-relu", Kind.SEARCH, ("sparse",), ablation=True, body=Body.SEARCH, section="hpo",
+          searches=Searches.PROTOCOL, learn_scale=True, seed=5),
+    Stage("stage1", Kind.ONCE, ("activations",), ablation=True, trees_from="activations", column="stage 1"),
+    Stage("stage2", Kind.ONCE, ("hpo-relu",), ablation=True, protocol_from="hpo-relu", learn_scale=True,
           column="stage 2"),
 )
 

@@ -10,16 +10,17 @@ make a worker run code.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from ..config import StudyConfig
-from ..sources import is_import_path, resolve
+from ..models import build_model
+from ..sources import SourceError, call_accepting, is_import_path, resolve
 
-__all__ = ["UserCode", "describe"]
+__all__ = ["NetworkBuilder", "UserCode", "describe"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,35 @@ class UserCode:
             template = self.model
             return lambda **_: copy.deepcopy(template)
         return self.model
+
+
+@dataclass(frozen=True)
+class NetworkBuilder:
+    """``builder()`` is a new network from the config's model source (the user's model, else a
+    built-in or import-path name), with plain activations.
+
+    Attributes:
+        cfg: The study config (``[model]``, and the folder import paths are found from).
+        code: The user's code (its model, if given).
+        arch: What the data asks of the network: ``num_classes``, ``in_channels``, ``image_size``.
+    """
+
+    cfg: StudyConfig
+    code: UserCode
+    arch: Mapping[str, Any]
+
+    def __call__(self) -> nn.Module:
+        model_cfg = self.cfg.model
+        arch = {k: v for k, v in self.arch.items() if k not in ("name", "kwargs")}
+        factory = self.code.model_factory()
+        if factory is not None:
+            model = call_accepting(factory, arch, dict(model_cfg.kwargs), f"[model] name {model_cfg.name!r}")
+            if not isinstance(model, nn.Module):
+                raise SourceError(f"[model] name {model_cfg.name!r} returned {type(model).__name__}, "
+                                  "not a torch.nn.Module")
+            return model
+        folder = str(self.cfg.path.parent) if self.cfg.path is not None else None
+        return build_model(model_cfg.name, **arch, kwargs=model_cfg.kwargs, search_dir=folder)
 
 
 def describe(obj: Any) -> str:

@@ -1,0 +1,112 @@
+"""The samplers, pruners and start points a stage can use, by the name the config gives.
+
+These registries are the one place that maps a name to what it builds; the config lists the
+same names to check a file before anything runs (``tests/test_factories.py`` keeps the two
+equal). Every builder of a registry takes the same arguments, as timm's model registry does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from ..config import StudyConfig
+from ..pruners import DivergencePruner, IncumbentPruner
+from ..ranking import trial_score
+from ..samplers import LAHCSampler
+from ..samplers.seeded import PositionSeededSampler, position_seed
+from .fidelity import configured_epochs
+from .protocols import default_protocol_params
+from .stages import Kind, Searches, Stage
+
+if TYPE_CHECKING:
+    from .resources import Resources
+
+__all__ = ["PRUNERS", "SAMPLERS", "START_POINTS", "make_pruner", "make_sampler", "start_params"]
+
+SamplerBuilder = Callable[[StudyConfig, Stage, int, "Resources"], optuna.samplers.BaseSampler]
+PrunerBuilder = Callable[[int], optuna.pruners.BasePruner]
+StartBuilder = Callable[[StudyConfig, Stage, "Resources"], "dict[str, Any] | None"]
+
+
+def _lahc(cfg: StudyConfig, stage: Stage, seed: int, res: Resources) -> optuna.samplers.BaseSampler:
+    # Equivalent trees (same canonical key) are one candidate: drawn once, scored once.
+    key = res.space.canonical_key if stage.searches == Searches.TREES else None
+    return LAHCSampler(history_length=cfg.activations.history, seed=seed, canonical_key=key,
+                       score=trial_score, variant=cfg.activations.lahc)
+
+
+def _random(cfg: StudyConfig, stage: Stage, seed: int, res: Resources) -> optuna.samplers.BaseSampler:
+    return PositionSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+
+
+def _tpe(cfg: StudyConfig, stage: Stage, seed: int, res: Resources) -> optuna.samplers.BaseSampler:
+    startup = max(3, min(10, getattr(cfg, stage.section).trials // 3))
+    return PositionSeededSampler(
+        lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=startup, multivariate=True,
+                                             group=True, constant_liar=True), seed)
+
+
+SAMPLERS: dict[str, SamplerBuilder] = {"lahc": _lahc, "random": _random, "tpe": _tpe}
+"""Sampler of a search stage by ``[activations]``/``[hpo]`` ``sampler``: builder(cfg, stage, seed, res)."""
+
+
+def _median(max_epochs: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def _hyperband(max_epochs: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs))
+
+
+PRUNERS: dict[str, PrunerBuilder] = {
+    "none": lambda max_epochs: optuna.pruners.NopPruner(),
+    "incumbent": lambda max_epochs: IncumbentPruner(),
+    "median": _median,
+    "hyperband": _hyperband,
+    "divergence": lambda max_epochs: DivergencePruner(None),
+    "divergence+median": lambda max_epochs: DivergencePruner(_median(max_epochs)),
+    "divergence+hyperband": lambda max_epochs: DivergencePruner(_hyperband(max_epochs)),
+}
+"""Pruner of a search stage by ``[activations]``/``[hpo]`` ``pruner``: builder(most epochs a trial trains)."""
+
+
+def _own_trees(cfg: StudyConfig, stage: Stage, res: Resources) -> dict[str, Any] | None:
+    try:
+        return res.space.encode(res.own_trees())
+    except ValueError:  # the own activation is not in the space: the sampler starts
+        return None
+
+
+def _default_protocol(cfg: StudyConfig, stage: Stage, res: Resources) -> dict[str, Any] | None:
+    return default_protocol_params(cfg.hpo.space, cfg.protocol, stage.learn_scale)
+
+
+START_POINTS: dict[Searches, StartBuilder] = {Searches.TREES: _own_trees, Searches.PROTOCOL: _default_protocol}
+"""A search stage's first trial by what it searches: the network's own activations, or the
+default protocol; ``None`` lets the sampler draw the first trial."""
+
+
+def make_sampler(cfg: StudyConfig, stage: Stage, res: Resources) -> optuna.samplers.BaseSampler:
+    """The sampler of ``stage``'s study; seeded per stage, so that hpo and hpo-relu do not
+    propose in lockstep. A "once" stage draws nothing: any seeded sampler does."""
+    seed = position_seed(cfg.seed, stage.seed)
+    if stage.kind == Kind.ONCE:
+        return optuna.samplers.RandomSampler(seed=seed)
+    return SAMPLERS[getattr(cfg, stage.section).sampler](cfg, stage, seed, res)
+
+
+def make_pruner(cfg: StudyConfig, stage: Stage) -> optuna.pruners.BasePruner:
+    """The pruner of ``stage``'s study (none for a "once" stage)."""
+    if stage.kind == Kind.ONCE:
+        return optuna.pruners.NopPruner()
+    configured = configured_epochs(cfg, stage)
+    max_epochs = configured if configured != "auto" else cfg.final.epochs
+    return PRUNERS[getattr(cfg, stage.section).pruner](max_epochs)
+
+
+def start_params(cfg: StudyConfig, stage: Stage, res: Resources) -> dict[str, Any] | None:
+    """The params of a search stage's start trial (see :data:`START_POINTS`)."""
+    return START_POINTS[stage.searches](cfg, stage, res)
