@@ -11,7 +11,7 @@ from safs_optuna.config import parse_config
 from safs_optuna.pipeline.factories import PRUNERS, SAMPLERS, START_POINTS, make_pruner, make_sampler
 from safs_optuna.pipeline.resources import Resources
 from safs_optuna.pipeline.stages import STAGES, Kind, Searches
-from safs_optuna.pruners import DivergencePruner, IncumbentPruner
+from safs_optuna.pruners import DivergencePruner, HalvingPruner, IncumbentPruner
 from safs_optuna.samplers import LAHCSampler, PositionSeededSampler
 
 SEARCHES = [s for s in STAGES if s.kind == Kind.SEARCH]
@@ -48,7 +48,8 @@ def test_every_pruner_name_is_accepted_and_builds(tmp_path, name, stage):
         assert isinstance(pruner, DivergencePruner)
         pruner = pruner.wrapped_pruner
     kinds = {None: type(None), "none": optuna.pruners.NopPruner, "incumbent": IncumbentPruner,
-             "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+             "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+             "halving": HalvingPruner}
     assert isinstance(pruner, kinds[inner]), (name, pruner)
 
 

@@ -17,12 +17,15 @@ PRUNERS: tuple[str, ...] = (
     "median",
     "hyperband",
     "incumbent",
+    "halving",
     "divergence",
     "divergence+median",
     "divergence+hyperband",
 )
 """Optuna pruners (early stopping of trials). ``incumbent``
 (:class:`~safs_optuna.pruners.IncumbentPruner`) stops a trial whose learning curve is clearly
-behind the one it must beat (for the ``lahc`` sampler); ``divergence`` also stops trials whose
+behind the one it must beat (for the ``lahc`` sampler); ``halving``
+(:class:`~safs_optuna.pruners.HalvingPruner`) trains every candidate 1 epoch, the best third 3,
+and the best third of those in full (successive halving on the ranking score, any sampler); ``divergence`` also stops trials whose
 accuracy stays at chance level for 2 epochs (an absolute rule, unfit for 99 % sparsity, where
 every network starts at chance); ``divergence+X`` wraps X in a DivergencePruner."""

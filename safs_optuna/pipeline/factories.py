@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from ..config import StudyConfig
-from ..pruners import DivergencePruner, IncumbentPruner
+from ..pruners import DivergencePruner, HalvingPruner, IncumbentPruner
 from ..ranking import trial_score
 from ..samplers import LAHCSampler
 from ..samplers.seeded import PositionSeededSampler, position_seed
@@ -64,6 +64,7 @@ def _hyperband(max_epochs: int) -> optuna.pruners.BasePruner:
 PRUNERS: dict[str, PrunerBuilder] = {
     "none": lambda max_epochs: optuna.pruners.NopPruner(),
     "incumbent": lambda max_epochs: IncumbentPruner(),
+    "halving": lambda max_epochs: HalvingPruner(),
     "median": _median,
     "hyperband": _hyperband,
     "divergence": lambda max_epochs: DivergencePruner(None),
