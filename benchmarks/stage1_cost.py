@@ -145,7 +145,7 @@ def main() -> None:
                 f"`{bench_args.command('stage1_cost.py')}`", "",
                 f"Budgets: `studies/quickstart.toml` with `{'`, `'.join(COMMON)}`"
                 + (" and `activations.fraction=0.2`" if dataset == "fashion_mnist" else "")
-                + f"; one worker with one torch thread per run ({bench_args.device_name(args.device)}). "
+                + f"; one worker with one torch thread per run ({bench_args.device_name(args.device) if args.device != 'cpu' else 'CPU'}). "
                 "Test accuracy %, mean ± sd over seeds " + args.seeds + ". Stage-1 epochs count every "
                 "candidate's epochs, the start trial's included.", "", f"![stage-1 cost]({plot.name})", ""]
         per_seed = ["", "| method | seed | stage-1 epochs | winner | best validation | baseline | stage 1 |",
