@@ -11,6 +11,7 @@ except ``name``, and a missing key takes the default of the matching dataclass b
     threads = 0                # torch threads per worker; 0 = the cores split between workers
     lend_threads = true        # a waiting worker lends its threads to working ones on this machine
     ablations = true           # also run the paper's "stage 1 alone" / "stage 2 alone" columns
+    storage_retry_seconds = 300   # how long a worker waits out a storage or artifact store outage
 
     [model]        name, kwargs
     [data]         name, root, val_size, download, image_size, channels, num_classes, loader_workers
@@ -27,6 +28,7 @@ Valid ranges (a value outside fails with the range; ``[a, b)`` includes a, exclu
 
     seed                          [0, 2**32)             numpy's seeds must be below 2**32
     threads                       [0, 1024]              0 = the cores split between workers
+    storage_retry_seconds         [0, 86 400]            0 = a lost connection stops the worker at once
     [data] val_size               (0, 1)
     [data] image_size             [1, 65 536]            folder: only; default the images' own size
     [data] channels               1 or 3                 folder: only; default from the first image
@@ -155,6 +157,7 @@ _MAX_EPOCHS = 100_000
 _MAX_TRIALS = 100_000
 _MAX_BATCH_SIZE = 65_536
 _MAX_THREADS = 1024
+_MAX_RETRY_SECONDS = 86_400  # a day: longer is a typo, or a database nobody is restarting
 _MAX_HISTORY = 1000
 _MAX_LR = 10.0
 _MAX_WEIGHT_DECAY = 1.0
@@ -395,6 +398,7 @@ class StudyConfig:
     threads: int = 0
     lend_threads: bool = True
     ablations: bool = True
+    storage_retry_seconds: int = 300
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sparsity: SparsityConfig = SparsityConfig()
@@ -428,7 +432,8 @@ _SECTIONS: dict[str, type] = {
     "final": FinalConfig,
     "training": TrainingConfig,
 }
-_TOP_LEVEL = ("name", "storage", "artifacts", "seed", "device", "threads", "lend_threads", "ablations")
+_TOP_LEVEL = ("name", "storage", "artifacts", "seed", "device", "threads", "lend_threads", "ablations",
+              "storage_retry_seconds")
 
 
 class ConfigError(ValueError):
@@ -664,7 +669,7 @@ def _parse(
     hints = _hints(StudyConfig)
     top = {
         k: _convert(hints[k], data[k], k, ctx)
-        for k in ("seed", "device", "threads", "lend_threads", "ablations")
+        for k in ("seed", "device", "threads", "lend_threads", "ablations", "storage_retry_seconds")
         if k in data
     }
     if not 0 <= top.get("seed", 0) < _SEED_LIMIT:
@@ -673,6 +678,9 @@ def _parse(
         ctx.fail("device", f"unknown device {top['device']!r}; valid: cpu, cuda, cuda:N, mps")
     if top.get("threads", 0) < 0:
         ctx.fail("threads", f"must be >= 0 (0 = automatic), got {top['threads']}")
+    if not 0 <= top.get("storage_retry_seconds", 0) <= _MAX_RETRY_SECONDS:
+        ctx.fail("storage_retry_seconds", f"must be in [0, {_MAX_RETRY_SECONDS}] (0 = do not wait out an "
+                                          f"outage), got {top['storage_retry_seconds']}")
     if top.get("threads", 0) > _MAX_THREADS:
         ctx.fail("threads", f"must be in [0, {_MAX_THREADS}] (0 = automatic), got {top['threads']}")
 

@@ -22,6 +22,8 @@ __all__ = [
     "enqueued_params",
     "heartbeat_model",
     "rdb_backend",
+    "rdb_models",
+    "rdb_session",
     "storage_of",
     "study_id",
     "trial_id",
@@ -92,3 +94,26 @@ def heartbeat_model() -> Any:
     from optuna.storages._rdb.models import TrialHeartbeatModel
 
     return TrialHeartbeatModel
+
+
+def rdb_models() -> Any:
+    """Optuna's SQLAlchemy models (studies, trials, their attributes).
+
+    Public alternative: none; a write that must be recognisable after a lost connection (did it
+    commit?) stores a token in the same transaction, which needs the models and a session.
+    """
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def rdb_session(storage: optuna.storages.RDBStorage) -> Any:
+    """A context manager over one transaction of ``storage``, as RDBStorage's own methods use:
+    committed at the end, rolled back on an error (SQLAlchemy errors become
+    ``StorageInternalError``, an ``IntegrityError`` propagates).
+
+    Public alternative: none (see :func:`rdb_models`).
+    """
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    return _create_scoped_session(storage.scoped_session)

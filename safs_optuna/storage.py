@@ -16,6 +16,9 @@ therefore serialised (a lock on the SQLite file) and retried when another proces
 a schema into an empty or missing database; :func:`check_storage` tells a damaged SQLite file
 from a healthy one in one line.
 
+Every call of an opened storage waits out an outage (a restarted server, SQLite locked beyond the
+busy timeout) for up to ``storage_retry_seconds`` (:mod:`safs_optuna.storage_retry`).
+
 PostgreSQL (``postgresql://user:password@host/db``) works unchanged; it needs a driver, installed
 with the ``postgres`` extra (``pip install 'safs-optuna[postgres]'``, psycopg2). A plain
 ``postgresql://`` URL uses SQLAlchemy's default driver when it is installed (psycopg 3 from
@@ -53,6 +56,8 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
+
+from .storage_retry import RETRY_SECONDS, RetryingRDBStorage, call_with_retry, outage_for
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
@@ -294,6 +299,7 @@ def make_storage(
     grace_period: int | None = GRACE_PERIOD,
     max_retry: int = MAX_RETRY,
     create: bool = True,
+    retry_seconds: float = RETRY_SECONDS,
 ) -> optuna.storages.RDBStorage:
     """Open (creating if needed) the RDB storage at ``url`` with heartbeats and retries on.
 
@@ -307,6 +313,9 @@ def make_storage(
         max_retry: How often a failed (stale) trial is re-queued.
         create: ``False`` for commands that only look at a study: raise :class:`NoStudyError`
             instead of writing a schema into an empty or missing database.
+        retry_seconds: How long each call waits out a lost connection (a restarted server, SQLite
+            locked beyond the busy timeout) before it raises; 0 raises at once. The storage must
+            be reachable when it is opened: a URL that cannot be opened fails at once.
 
     Example:
 
@@ -354,7 +363,7 @@ def make_storage(
                 # (no busy wait) while another process is setting the file up.
                 _retry_race(url, lambda: _prepare_sqlite(path))
             try:
-                storage = _open_rdb(url, db_url, kwargs)
+                storage = _open_rdb(url, db_url, kwargs, retry_seconds)
             except StorageError:
                 _check_sqlite_file(path, thorough=True)  # damaged since the first look: say so
                 raise
@@ -364,7 +373,7 @@ def make_storage(
             raise NoStudyError(_no_study(url))  # an in-memory database holds no study yet
         if not create:
             _require_schema_server(url, db_url, engine_kwargs)
-        storage = _open_rdb(url, db_url, kwargs)
+        storage = _open_rdb(url, db_url, kwargs, retry_seconds)
     return storage
 
 
@@ -422,13 +431,13 @@ def _require_schema_server(url: str, db_url: str, engine_kwargs: dict[str, Any])
         raise NoStudyError(_no_study(url))
 
 
-def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
-    """``RDBStorage(db_url, **kwargs)``, retried while another process is creating the schema."""
+def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any], retry_seconds: float) -> RetryingRDBStorage:
+    """``RetryingRDBStorage(db_url, **kwargs)``, retried while another process is creating the schema."""
 
-    def open_() -> optuna.storages.RDBStorage:
+    def open_() -> RetryingRDBStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(db_url, **kwargs)
+            return RetryingRDBStorage(db_url, retry_seconds=retry_seconds, name=redact(url), **kwargs)
 
     return _retry_race(url, open_)
 
@@ -490,6 +499,8 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
     if not isinstance(backend, optuna.storages.RDBStorage):
         return []
+    if isinstance(backend, RetryingRDBStorage) and backend.stale_checks_paused():
+        return []  # heartbeats lapsed in an outage say nothing about the workers
     interval = backend.get_heartbeat_interval()
     if not interval:
         return []
@@ -503,8 +514,13 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     from optuna.storages._rdb.models import TrialHeartbeatModel
 
     query = sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))
-    with backend.engine.connect() as conn:
-        beating = {row[0] for row in conn.execute(query)}
+
+    def beating_ids() -> set[int]:
+        with backend.engine.connect() as conn:
+            return {row[0] for row in conn.execute(query)}
+
+    retry = getattr(backend, "retry_seconds", 0.0)
+    beating = call_with_retry(outage_for(getattr(backend, "outage_name", "")), retry, beating_ids)
     failed = []
     for trial_id in sorted(old - beating):
         try:

@@ -33,7 +33,8 @@ __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REQUEUE_ATTR = "requeued_after"  # user attr of a "once" trial queued again: the failed trial's number
 # What may change between runs of one study without invalidating what is stored.
-RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path", "data.loader_workers")
+RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path", "data.loader_workers",
+                "storage_retry_seconds")
 START_ATTR = "start"  # user attr of a search stage's start trial
 INPUTS_ATTR = "inputs"  # user attr: the upstream winners a trial ran with, {stage: trial number}
 FIDELITY_ATTR = "epochs"  # study user attr: epochs per trial of a search stage, once known
@@ -136,7 +137,7 @@ class Studies:
         self.stages = stages
         self.grace_period = grace_period
         self.storage = make_storage(cfg.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                    create=create)
+                                    create=create, retry_seconds=cfg.storage_retry_seconds)
         self._sampler, self._pruner, self._start_params = sampler, pruner, start_params
         self._studies: dict[str, optuna.Study] = {}
 
