@@ -5,7 +5,7 @@ except ``name``, and a missing key takes the default of the matching dataclass b
 
     name = "quickstart"        # required: letters, digits, "_", "." and "-"
     storage = "sqlite:///quickstart.db"   # default: sqlite:///<config dir>/<name>.db
-    artifacts = "quickstart.artifacts"   # default: <config dir>/<name>.artifacts
+    artifacts = "quickstart.artifacts"   # default: <config dir>/<name>.artifacts; or s3://bucket/prefix, gs://…
     seed = 0
     device = "cpu"             # cpu, cuda, cuda:N or mps (syntax is checked, not availability)
     threads = 0                # torch threads per worker; 0 = the cores split between workers
@@ -665,7 +665,7 @@ def _parse(
     storage = data.get("storage", f"sqlite:///{base_dir / (name + '.db')}")
     storage = _check_storage(_convert(str, storage, "storage", ctx), ctx)
     artifacts = data.get("artifacts", f"{name}.artifacts")
-    artifacts = ctx.resolve(_convert(str, artifacts, "artifacts", ctx))
+    artifacts = _check_artifacts(_convert(str, artifacts, "artifacts", ctx), ctx)
     hints = _hints(StudyConfig)
     top = {
         k: _convert(hints[k], data[k], k, ctx)
@@ -897,6 +897,19 @@ def _check_storage(url: str, ctx: _Context) -> str:
     if file in ("", ":memory:") or file.startswith("file:"):
         return url
     return f"{scheme}:///{ctx.resolve(file)}{sep}{query}"
+
+
+def _check_artifacts(location: str, ctx: _Context) -> str:
+    """A folder (resolved like every path) or an object store URL, used as given."""
+    from safs_optuna.object_store import parse_bucket_url
+
+    if _URL.fullmatch(location) is None:
+        return ctx.resolve(location)
+    try:
+        parse_bucket_url(location)
+    except ValueError as exc:
+        ctx.fail("artifacts", str(exc))
+    return location
 
 
 def _check_model(c: ModelConfig, s: _Section) -> ModelConfig:

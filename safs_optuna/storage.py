@@ -57,7 +57,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from .storage_retry import RETRY_SECONDS, RetryingRDBStorage, call_with_retry, outage_for
+from .storage_retry import NETWORK_ERRNOS, RETRY_SECONDS, RetryingRDBStorage, call_with_retry, outage_for
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
@@ -437,7 +437,7 @@ def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any], retry_seconds: floa
     def open_() -> RetryingRDBStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RetryingRDBStorage(db_url, retry_seconds=retry_seconds, name=redact(url), **kwargs)
+            return RetryingRDBStorage(db_url, retry_seconds=retry_seconds, name=f"storage {redact(url)}", **kwargs)
 
     return _retry_race(url, open_)
 
@@ -677,7 +677,7 @@ _FULL_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
-def staging(store: FolderArtifactStore, name: str, folder: str | Path) -> Iterator[None]:
+def staging(store: Any, name: str, folder: str | Path) -> Iterator[None]:
     """Around writing ``name`` into the local ``folder`` before its upload to ``store``: a full
     disk there stops the worker in one line too, as an :class:`ArtifactStoreError`."""
     try:
@@ -708,6 +708,102 @@ def read_failure(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def make_artifact_store(path: str | Path) -> FolderArtifactStore:
-    """The artifact store (checkpoints, plots) in folder ``path``, created by its first write."""
-    return FolderArtifactStore(path)
+def _is_lost_artifact_store(exc: BaseException) -> bool:
+    """A network file system or an object store that did not answer: worth another try."""
+    from .object_store import is_lost_bucket
+
+    if isinstance(exc, ArtifactNotFound):
+        return False
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and not any(e is s for s in seen):
+        seen.append(e)
+        if isinstance(e, OSError) and e.errno in NETWORK_ERRNOS:
+            return True
+        e = e.__cause__ or e.__context__
+    return is_lost_bucket(exc)
+
+
+class RetryingArtifactStore:
+    """An artifact store whose reads and writes wait out an outage (a network file system or an
+    object store that does not answer) for up to ``retry_seconds``, with one line when it begins
+    and one when it ends, as the storage's calls do. A missing artifact is not retried. An object
+    store's other failures (no such bucket, access denied) become one-line
+    :class:`ArtifactStoreError` messages naming the store.
+
+    Args:
+        store: A :class:`FolderArtifactStore` or an :class:`~safs_optuna.object_store.BucketArtifactStore`.
+        retry_seconds: How long an outage is waited out (0: not at all).
+    """
+
+    def __init__(self, store: Any, retry_seconds: float = RETRY_SECONDS) -> None:
+        self.store = store
+        self.base_path = store.base_path
+        self.retry_seconds = float(retry_seconds)
+        self._outage = outage_for(f"artifact store {store.base_path}")
+
+    def _call(self, action: str, what: str, call: Callable[[], _T]) -> _T:
+        try:
+            return call_with_retry(self._outage, self.retry_seconds, call, lost=_is_lost_artifact_store)
+        except (ArtifactNotFound, ArtifactStoreError, OSError):
+            raise
+        except Exception as exc:  # an object store's client raises its own kinds
+            from .object_store import describe_failure
+
+            cause = describe_failure(exc)
+            hint = f"; fix that and {_RESUME}" if action == "write" else ""
+            raise ArtifactStoreError(f"artifact store {self.base_path}: cannot {action} {what}: {cause}{hint}",
+                                     cause) from exc
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self._call("read", artifact_id, lambda: self.store.open_reader(artifact_id))
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        start = content_body.tell() if content_body.seekable() else None
+
+        def write() -> None:
+            if start is not None:
+                content_body.seek(start)  # a try that failed half-way read part of it
+            self.store.write(artifact_id, content_body)
+
+        self._call("write", artifact_id, write)
+
+    def remove(self, artifact_id: str) -> None:
+        self._call("remove", artifact_id, lambda: self.store.remove(artifact_id))
+
+
+def make_artifact_store(location: str | Path, retry_seconds: float = RETRY_SECONDS) -> RetryingArtifactStore:
+    """The artifact store (checkpoints, plots) at ``location``: a folder, created by its first
+    write, or an object store (``s3://bucket/prefix``, ``gs://bucket/prefix``; see
+    :mod:`safs_optuna.object_store`). Its calls wait out outages for up to ``retry_seconds``.
+
+    Raises:
+        StorageError: An object store whose client library is missing (naming what to install)
+            or a malformed bucket URL.
+    """
+    from .object_store import is_bucket_url, open_bucket
+
+    if isinstance(location, str) and is_bucket_url(location):
+        try:
+            store: Any = open_bucket(location)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(str(exc)) from None
+    else:
+        store = FolderArtifactStore(location)
+    return RetryingArtifactStore(store, retry_seconds)
+
+
+def check_artifacts(location: str | Path, retry_seconds: float = RETRY_SECONDS) -> None:
+    """Raise :class:`StorageError` in one line naming the bucket when an object store at
+    ``location`` cannot be written (a small object is written and removed). Folders are checked
+    where they are made (``run``'s checks); this looks at object stores only."""
+    from .object_store import is_bucket_url
+
+    if not (isinstance(location, str) and is_bucket_url(location)):
+        return
+    store = make_artifact_store(location, retry_seconds)
+    try:
+        store._call("write", "a test object", store.store.check_writable)
+    except ArtifactStoreError as exc:
+        raise ArtifactStoreError(f"artifact store {location}: cannot write to bucket {store.store.bucket!r}: "
+                                 f"{exc.cause}", exc.cause) from None

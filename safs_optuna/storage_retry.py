@@ -142,7 +142,7 @@ class Outage:
             if self.began is None:
                 self.began = now
                 if limit > 0:
-                    _log.warning(f"storage {self.name}: connection lost ({_first_line(exc)}); waiting up "
+                    _log.warning(f"{self.name}: connection lost ({_first_line(exc)}); waiting up "
                                  f"to {limit:.0f}s for it to come back")
             return now - self.began < limit
 
@@ -154,7 +154,7 @@ class Outage:
             if self.began is None:
                 return
             now = time.monotonic()
-            _log.warning(f"storage {self.name}: connection back after {now - self.began:.0f}s; going on")
+            _log.warning(f"{self.name}: connection back after {now - self.began:.0f}s; going on")
             self.began, self.ended = None, now
 
     def quiet_for(self, seconds: float) -> bool:
@@ -227,14 +227,15 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
 
     Args:
         retry_seconds: How long an outage is waited out before a call raises (0: not at all).
-        name: What the outage lines call the storage (default: the URL, without its password).
+        name: What the outage lines call the storage (default ``"storage <url>"``; give the URL
+            without its password).
 
     Example:
 
         .. code::
 
             storage = RetryingRDBStorage("postgresql://u:pw@db/safs", heartbeat_interval=5,
-                                         retry_seconds=300, name="postgresql://u:***@db/safs")
+                                         retry_seconds=300, name="storage postgresql://u:***@db/safs")
             study = optuna.create_study(storage=storage, study_name="x", load_if_exists=True)
     """
 
@@ -242,7 +243,7 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
                  **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)
         self.retry_seconds = float(retry_seconds)
-        self.outage_name = name or url
+        self.outage_name = name or f"storage {url}"
 
     # The nesting depth of retried calls in this thread: only the outermost call retries (an
     # inner one, e.g. create_new_trial's own _create_new_trial, fails up to it).
@@ -367,8 +368,7 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
                         return False
                     trial.state = TrialState.RUNNING
                     trial.datetime_start = datetime.datetime.now()
-                    self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id,
-                                                        TOKEN_ATTR, token)
+                    _put_token(session, trial_id, token)
             except sqlalchemy.exc.IntegrityError:
                 return False
             return True
@@ -394,6 +394,16 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         return self._create_new_trial(study_id, template_trial)._trial_id
+
+
+def _put_token(session: Any, trial_id: int, token: str) -> None:
+    """Set the trial's :data:`TOKEN_ATTR` inside the caller's transaction."""
+    attr = rdb_models().TrialSystemAttributeModel
+    row = session.query(attr).filter(attr.trial_id == trial_id, attr.key == TOKEN_ATTR).one_or_none()
+    if row is None:
+        session.add(attr(trial_id=trial_id, key=TOKEN_ATTR, value_json=f'"{token}"'))
+    else:
+        row.value_json = f'"{token}"'
 
 
 def _plain(name: str) -> Callable[..., Any]:

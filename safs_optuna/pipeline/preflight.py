@@ -67,6 +67,12 @@ def preflight(cfgs: Sequence[StudyConfig], code: UserCode | None = None,
 
 
 def _check_artifacts(cfg: StudyConfig, where: object) -> None:
+    from ..object_store import is_bucket_url
+    from ..storage import check_artifacts
+
+    if is_bucket_url(cfg.artifacts):  # a small object is written and removed: one line if it cannot
+        check_artifacts(cfg.artifacts, cfg.storage_retry_seconds)
+        return
     art = Path(cfg.artifacts)
     if art.exists() and not art.is_dir():
         raise InputError(f"{where}: artifacts: {art} is a file, not a folder; point artifacts at a folder", 1)

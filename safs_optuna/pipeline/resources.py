@@ -65,7 +65,7 @@ class Resources:
                  code: UserCode | None = None) -> None:
         self.cfg = cfg
         self.code = code or UserCode()
-        self.artifacts = make_artifact_store(cfg.artifacts)
+        self.artifacts = make_artifact_store(cfg.artifacts, cfg.storage_retry_seconds)
         self._best_trial = best_trial
         self._splits: data_mod.Splits | None = None
         self._subsets: dict[float, data_mod.Splits] = {}
