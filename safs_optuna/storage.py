@@ -781,10 +781,10 @@ def make_artifact_store(location: str | Path, retry_seconds: float = RETRY_SECON
         StorageError: An object store whose client library is missing (naming what to install)
             or a malformed bucket URL.
     """
-    from .object_store import is_bucket_url, open_bucket
+    from .object_store import open_bucket
 
-    if isinstance(location, str) and is_bucket_url(location):
-        try:
+    if isinstance(location, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", location):
+        try:  # an object store; another scheme is refused naming the valid ones
             store: Any = open_bucket(location)
         except (ImportError, ValueError) as exc:
             raise StorageError(str(exc)) from None

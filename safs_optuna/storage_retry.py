@@ -63,6 +63,7 @@ _T = TypeVar("_T")
 
 # What a lost or refused connection says (PostgreSQL/psycopg, MySQL, SQLite, sockets). Checked
 # on OperationalError and InterfaceError only; a wrong password or a missing table is not here.
+# A server out of connection slots is here too: the slots come back as other workers finish.
 _LOST = re.compile(
     r"database is locked|connection refused|could not connect|the database system is (shutting down|"
     r"starting up|in recovery mode|not yet accepting connections)|cannot connect now|server closed the "
@@ -70,7 +71,7 @@ _LOST = re.compile(
     r"could not (receive|send) data|no connection to the server|SSL SYSCALL|SSL connection has been closed|"
     r"timeout expired|timed out|Lost connection|server has gone away|Can't connect to|unexpected EOF|"
     r"EOF detected|broken pipe|Temporary failure in name resolution|network is unreachable|"
-    r"no route to host|consuming input failed",
+    r"no route to host|consuming input failed|too many clients|remaining connection slots are reserved",
     re.IGNORECASE,
 )
 # Two transactions that collided: tried again at once, without the outage lines.
@@ -115,7 +116,7 @@ def _is_collision(exc: BaseException) -> bool:
 def _first_line(exc: BaseException) -> str:
     for e in reversed(_chain(exc)):  # the driver's own words, not the wrapper's
         text = str(getattr(e, "orig", None) or e).strip()
-        if text:
+        if text and text not in ("()", "None"):  # some drivers' errors have no words at all
             return text.splitlines()[0]
     return type(exc).__name__
 
@@ -404,6 +405,18 @@ def _put_token(session: Any, trial_id: int, token: str) -> None:
         session.add(attr(trial_id=trial_id, key=TOKEN_ATTR, value_json=f'"{token}"'))
     else:
         row.value_json = f'"{token}"'
+
+
+class _QuietFallback(logging.Filter):
+    """Drops RDBStorage's warning that a query failed and it falls back to a slower one when the
+    failure was a lost connection: the fallback fails too, and the outage has its own line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Falling back to a slower alternative" in message and _LOST.search(message))
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_QuietFallback())
 
 
 def _plain(name: str) -> Callable[..., Any]:

@@ -216,3 +216,43 @@ def test_two_workers_on_s3_killed_and_resumed(s3, tmp_path):
     finally:
         dash.terminate()
         dash.wait(timeout=30)
+
+
+def test_gcs_bucket_names_its_extra_and_keeps_artifacts_under_the_prefix(monkeypatch):
+    from safs_optuna.object_store import BucketArtifactStore
+
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
+    with pytest.raises(StorageError) as err:
+        make_artifact_store("gs://safs-test/p")
+    assert 'pip install "safs-optuna[gcs]"' in str(err.value)
+
+    class Backend:  # GCSArtifactStore's interface, in memory
+        def __init__(self):
+            self.objects = {}
+
+        def open_reader(self, key):
+            if key not in self.objects:
+                raise ArtifactNotFound(key)
+            return io.BytesIO(self.objects[key])
+
+        def write(self, key, body):
+            self.objects[key] = body.read()
+
+        def remove(self, key):
+            del self.objects[key]
+
+    backend = Backend()
+    store = BucketArtifactStore("gs://safs-test/runs/", backend)
+    store.write("a.pt", io.BytesIO(b"1"))
+    assert backend.objects == {"runs/a.pt": b"1"}
+    with store.open_reader("a.pt") as f:
+        assert f.read() == b"1"
+    store.check_writable()
+    assert list(backend.objects) == ["runs/a.pt"]
+
+
+@pytest.mark.parametrize("url", ["s3://Bad_Bucket/x", "s3:///x", "ftp://bucket/x"])
+def test_a_malformed_bucket_url_names_the_valid_forms(url):
+    with pytest.raises(StorageError) as err:
+        make_artifact_store(url)
+    assert "s3://bucket/prefix" in str(err.value)
