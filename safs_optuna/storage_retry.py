@@ -75,7 +75,7 @@ _LOST = re.compile(
     re.IGNORECASE,
 )
 # Two transactions that collided: tried again at once, without the outage lines.
-_COLLISION = re.compile(r"deadlock detected|could not serialize access", re.IGNORECASE)
+_COLLISION = re.compile(r"deadlock detected|Deadlock found|could not serialize access", re.IGNORECASE)
 _COLLISION_TRIES = 5
 # Errors of a socket or a network file system that a later try may not get.
 NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
@@ -138,13 +138,14 @@ class Outage:
     def failed(self, exc: BaseException, limit: float) -> bool:
         """A call failed on a lost connection: whether it may try again (within ``limit`` seconds
         of the outage's beginning); the first failure of an outage says so in one line."""
+        if limit <= 0:  # not waited out: no outage begins, and none ends
+            return False
         now = time.monotonic()
         with self._lock:
             if self.began is None:
                 self.began = now
-                if limit > 0:
-                    _log.warning(f"{self.name}: connection lost ({_first_line(exc)}); waiting up "
-                                 f"to {limit:.0f}s for it to come back")
+                _log.warning(f"{self.name}: connection lost ({_first_line(exc)}); waiting up "
+                             f"to {limit:.0f}s for it to come back")
             return now - self.began < limit
 
     def recovered(self) -> None:

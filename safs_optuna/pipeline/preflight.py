@@ -71,7 +71,8 @@ def _check_artifacts(cfg: StudyConfig, where: object) -> None:
     from ..storage import check_artifacts
 
     if is_bucket_url(cfg.artifacts):  # a small object is written and removed: one line if it cannot
-        check_artifacts(cfg.artifacts, cfg.storage_retry_seconds)
+        # Not waited out: a store out of reach when a worker starts stops it, as the database does.
+        check_artifacts(cfg.artifacts, retry_seconds=0)
         return
     art = Path(cfg.artifacts)
     if art.exists() and not art.is_dir():
