@@ -256,3 +256,12 @@ def test_a_malformed_bucket_url_names_the_valid_forms(url):
     with pytest.raises(StorageError) as err:
         make_artifact_store(url)
     assert "s3://bucket/prefix" in str(err.value)
+
+
+def test_the_config_keeps_a_bucket_url_and_refuses_other_schemes(tmp_path):
+    from safs_optuna.config import ConfigError, parse_config
+
+    assert parse_config({"name": "x", "artifacts": "s3://my-bucket/a/b"}).artifacts == "s3://my-bucket/a/b"
+    assert parse_config({"name": "x", "artifacts": "gs://my-bucket"}).artifacts == "gs://my-bucket"
+    with pytest.raises(ConfigError, match="artifacts: unknown artifact store scheme 'ftp'.*valid: s3://bucket"):
+        parse_config({"name": "x", "artifacts": "ftp://host/x"})

@@ -255,3 +255,13 @@ def test_the_storage_is_still_an_rdb_storage_with_heartbeats(tmp_path):
     assert type(study._storage).__name__ == "_CachedStorage"  # Optuna's cache still wraps it
     assert optuna.storages._heartbeat.is_heartbeat_enabled(study._storage)
     assert storage.retry_seconds == 300
+
+
+def test_the_config_key_and_its_range():
+    from safs_optuna.config import ConfigError, parse_config
+
+    assert parse_config({"name": "x"}).storage_retry_seconds == 300
+    assert parse_config({"name": "x", "storage_retry_seconds": 0}).storage_retry_seconds == 0
+    for bad in (-1, 86_401):
+        with pytest.raises(ConfigError, match=r"storage_retry_seconds: must be in \[0, 86400\]"):
+            parse_config({"name": "x", "storage_retry_seconds": bad})
