@@ -1,7 +1,7 @@
 """SAFS on networks it was not written for: torchvision's ResNet-18 and MobileNetV3-Small.
 
 Runs the whole pipeline (``safs-optuna run``) with ``[model] name = "torchvision:<name>"`` on the
-quick-start data (1 channel, 28 px: the stem takes one channel, see the README) at 99 % sparsity
+quick-start data (1 channel, 28 px: the stem takes one channel, see docs/own_network.md) at 99 % sparsity
 with the LAMP allocation, once per (model, seed), and writes
 ``benchmarks/results/own_network.md``: the dense network, the magnitude-pruning baseline (the
 network's own ReLU/Hardswish with the default protocol) and SAFS, as test accuracy mean ± sd over

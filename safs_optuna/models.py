@@ -437,6 +437,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "efficientnet_b0": efficientnet_b0,
 }
+"""The built-in networks by name, each built by :func:`build_model`."""
 
 MODEL_SOURCES: tuple[str, ...] = ("torchvision:<name>", "timm:<name>", "<module>:<callable>")
 """What ``[model] name`` takes besides the names of :data:`MODELS`."""

@@ -12,13 +12,14 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from .ranking import CHANCE_ATTR, VAL_SIZE_ATTR, behind_margin, trial_score
+from . import optuna_private
+from .ranking import CHANCE_ATTR, VAL_SIZE_ATTR, behind_margin, curve_score_of, trial_score
 
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-__all__ = ["DivergencePruner", "IncumbentPruner"]
+__all__ = ["DivergencePruner", "HalvingPruner", "IncumbentPruner"]
 
 REASON_ATTR = "pruned_reason"
 """User attr holding the sentence that says why a trial was pruned (shown by optuna-dashboard)."""
@@ -293,6 +294,65 @@ class IncumbentPruner(BasePruner):
                                                             states=(TrialState.COMPLETE,))
                    if t.number < trial.number]
         return max(earlier, key=trial_score) if earlier else None
+
+
+class HalvingPruner(BasePruner):
+    """Successive halving on the ranking score: a cheap first look at every candidate.
+
+    After a trial's ``r``-th epoch, for each ``r`` in ``rungs``, it is compared with every other
+    trial of the study that has reported at least ``r`` epochs (running, stopped or completed;
+    failed trials excepted), each cut to its first ``r`` epochs and scored by
+    :func:`safs_optuna.ranking.curve_score_of` — validation accuracy, and validation loss where
+    accuracy is at chance level, so candidates that all still guess are told apart. The trial goes
+    on only if it is among the best ``1 / reduction_factor`` of them (at least the best one).
+    With the defaults every candidate trains 1 epoch, the best third go on to 3, and the best
+    third of those train in full: about a third of the epochs of training everyone in full.
+
+    A rung stops nothing until ``min_trials`` trials (the one asked about included) have reached
+    it, so the first candidates always go on and the rung has something to compare with. It works
+    with any sampler; trials are compared as they arrive, as in asynchronous successive halving,
+    so workers never wait for each other.
+
+    Args:
+        rungs: Epoch counts (from 1, increasing) at which trials are compared.
+        reduction_factor: Keep the best ``1 / reduction_factor`` at each rung (at least 2).
+        min_trials: Trials that must have reached a rung before it stops any (at least 1).
+    """
+
+    def __init__(self, rungs: tuple[int, ...] = (1, 3), reduction_factor: int = 3,
+                 min_trials: int = 3) -> None:
+        rungs = tuple(rungs)
+        if not rungs or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in rungs) \
+                or list(rungs) != sorted(set(rungs)):
+            raise ValueError(f"rungs must be increasing epoch counts of at least 1, got {rungs!r}")
+        if not isinstance(reduction_factor, int) or reduction_factor < 2:
+            raise ValueError(f"reduction_factor must be an integer of at least 2, got {reduction_factor!r}")
+        if not isinstance(min_trials, int) or min_trials < 1:
+            raise ValueError(f"min_trials must be an integer of at least 1, got {min_trials!r}")
+        self.rungs, self.reduction_factor, self.min_trials = rungs, reduction_factor, min_trials
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step + 1 not in self.rungs:
+            return False
+        rung = step + 1
+        reached = [t for t in study.get_trials(deepcopy=False)
+                   if t.number != trial.number and t.state != TrialState.FAIL
+                   and sum(1 for s in t.intermediate_values if s < rung) >= rung]
+        n = len(reached) + 1
+        if n < self.min_trials:
+            return False
+        mine = curve_score_of(trial, rung)
+        ahead = sum(1 for t in reached if curve_score_of(t, rung) > mine)
+        keep = max(1, n // self.reduction_factor)
+        if ahead < keep:
+            return False
+        reason = (f"after epoch {rung} its score ranks {ahead + 1} of the {n} trials that reached "
+                  f"epoch {rung}; only the best {keep} go on")
+        if trial.state == TrialState.RUNNING:
+            optuna_private.storage_of(study).set_trial_user_attr(optuna_private.trial_id(trial),
+                                                                  REASON_ATTR, reason)
+        return True
 
 
 def _is_finite(value: Any) -> bool:

@@ -40,6 +40,7 @@ __all__ = [
     "chance_band",
     "curve",
     "curve_score",
+    "curve_score_of",
     "trial_score",
     "left_chance",
     "first_move",
@@ -110,6 +111,12 @@ def trial_score(trial: FrozenTrial, epochs: int | None = None) -> Score:
     """
     if trial.state != TrialState.COMPLETE:
         return WORST
+    return curve_score_of(trial, epochs)
+
+
+def curve_score_of(trial: FrozenTrial, epochs: int | None = None) -> Score:
+    """The score of the curve a trial has reported so far, whatever its state (a running trial's
+    too): what a pruner compares at an epoch. :func:`trial_score` is this for completed trials."""
     band = _band(trial)
     accs, losses = curve(trial, epochs)
     sign = -1.0 if trial.user_attrs.get(DIRECTION_ATTR) == "minimize" else 1.0

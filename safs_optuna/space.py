@@ -59,8 +59,9 @@ class ActivationSpace:
       plus ``relu``. The paper starts from ReLU without listing it among the candidates; including it
       makes the start point a valid configuration.
     - ``"core"``: every registered unary and binary operator.
-    - ``"compact"``: binaries left, add, mul, max and eight unaries (relu, x, swish, sigmoid, tanh, sin,
-      atan, sinc), from Ramachandran et al. 2017's best-found activations; meant for CPU budgets.
+    - ``"compact"``: binaries left, max, add and mix and ten unaries (relu, x, tanhsoft1, neg, srs,
+      elu, acon, hardtanh, selu, erf), the best of every operator fine-tuned from the same sparse
+      LeNet-5 (``benchmarks/results/rank_operators.md``); meant for CPU budgets.
 
     Args:
         unary: Names of unary operators (see :data:`safs_optuna.operators.UNARY`).

@@ -85,15 +85,43 @@ class NoStudyError(StorageError):
     """A read-only command found no study stored at the URL."""
 
 
+def _is_file(path: str) -> bool:
+    """Whether the path part of a SQLite URL names a file (not memory, not a ``file:`` URI)."""
+    return path not in ("", ":memory:") and not path.startswith("file:")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, or ``None`` for other URLs (and in-memory)."""
     if not url.startswith("sqlite:"):
         return None
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
     path = path.partition("?")[0]  # driver options such as ?timeout=30 are not part of the file
-    if path in ("", ":memory:") or path.startswith("file:"):
-        return None
-    return Path(path)
+    return Path(path) if _is_file(path) else None
+
+
+def resolve_sqlite_url(url: str, base_dir: str | os.PathLike[str]) -> str:
+    """A ``sqlite[+driver]://`` URL with its file made absolute against ``base_dir``.
+
+    ``sqlite:///relative.db`` names a file relative to ``base_dir`` (a config's folder, so that
+    every worker finds the same file), ``sqlite:////absolute.db`` an absolute one; ``~`` is
+    expanded and ``..`` normalised. In-memory URLs (``sqlite://``, ``sqlite:///:memory:``),
+    ``file:`` URIs and the query (``?timeout=30``) are kept as given.
+
+    Raises:
+        StorageError: The URL has two slashes before a file name (``sqlite://x.db``), which
+            SQLAlchemy would read as a host.
+    """
+    scheme, _, rest = url.partition("://")
+    if rest == "":
+        return url  # "sqlite://" is an in-memory database
+    if not rest.startswith("/"):
+        raise StorageError(f"{url!r} is not a SQLite URL: write sqlite:///relative/path.db "
+                           "or sqlite:////absolute/path.db")
+    file, sep, query = rest[1:].partition("?")
+    if not _is_file(file):
+        return url
+    path = os.path.abspath(Path(base_dir) / Path(file).expanduser())
+    return f"{scheme}:///{path}{sep}{query}"
 
 
 def redact(url: str) -> str:

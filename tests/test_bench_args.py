@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import bench_args  # noqa: E402
+import bench_args
 
 
 def test_an_idx_folder_is_named_by_the_folder_in_a_form_study_names_take(tmp_path):

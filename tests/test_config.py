@@ -13,16 +13,8 @@ import pytest
 from safs_optuna.config import (
     PRUNERS,
     SAMPLERS,
-    ActivationsConfig,
     ConfigError,
-    DataConfig,
-    DenseConfig,
-    FinalConfig,
-    HPOConfig,
-    HPOSpace,
-    ModelConfig,
     ProtocolConfig,
-    SparsityConfig,
     StudyConfig,
     load_config,
     parse_config,
@@ -75,8 +67,6 @@ def test_shipped_config_parses_and_round_trips(path):
     assert config.sparsity.ratio == 0.99 and config.sparsity.scope == scope
     assert config.ablations is True
     assert parse_config(to_dict(config), path) == config
-    text = path.read_text()
-    assert text.count("#") > 20, "shipped configs are commented so that they read as documentation"
 
 
 def test_quickstart_strong_is_the_quickstart_with_another_allocation():
@@ -164,10 +154,10 @@ def test_paper_configs_follow_the_paper_protocol(stem, optimizer, lr, schedule, 
         assert re.search(r"[A-Za-z_/]+\.py:\d+", entry.split("[code]", 1)[1]), entry
 
 
-# --- defaults -------------------------------------------------------------------------------
+# --- defaults and the schema -----------------------------------------------------------------
 
 
-def test_defaults(tmp_path):
+def test_a_config_of_only_a_name_is_the_schemas_defaults(tmp_path):
     path = write(tmp_path, 'name = "x"\n', "x.toml")
     config = load_config(path)
     assert config == StudyConfig(
@@ -176,21 +166,98 @@ def test_defaults(tmp_path):
         storage=f"sqlite:///{tmp_path}/x.db",
         artifacts=str(tmp_path / "x.artifacts"),
     )
-    assert (config.seed, config.device, config.threads, config.ablations) == (0, "cpu", 0, True)
-    assert config.model == ModelConfig() and config.model.name == "lenet5"
-    assert config.data == DataConfig("quickstart", None, 0.1, False)
-    assert config.sparsity == SparsityConfig(0.99, "layer", ())
-    assert config.sparsity.gradual_epochs == 0  # one-shot pruning, as before the key existed
-    assert config.dense == DenseConfig(10, None)
-    assert config.protocol == ProtocolConfig("adam", 1e-3, 0.9, 0.0, "constant", 128, False, False)
-    assert config.activations == ActivationsConfig("safs", None, None, "lahc", "incumbent", 20, "auto", 1.0, 3)
-    assert config.hpo == HPOConfig("tpe", "incumbent", 20, "final", 1.0, HPOSpace())
-    assert config.hpo.space.optimizers == ("sgd", "adam", "adamw", "rmsprop")
-    assert config.hpo.space.lr == (1e-4, 1e-1)
-    assert config.hpo.space.schedules == ("constant", "cosine", "step", "plateau")
-    assert config.hpo.space.learn_scale == (True,)  # stage 2 learns α and β, as the paper
-    assert config.final == FinalConfig(10)
     assert config.study_name("activations") == "x/activations"
+
+
+def _every_key():
+    """(table, key, type, spec, default) of every key of the schema, top level first."""
+    from safs_optuna.config.walker import keys, tables
+
+    for table, cls in [("", StudyConfig), *tables(StudyConfig).items()]:
+        for key, (tp, spec, default) in keys(cls).items():
+            if not (dataclasses.is_dataclass(tp) and spec.keys is None):
+                yield table, key, tp, spec, default
+
+
+def test_every_default_satisfies_its_own_rules(tmp_path):
+    # The walker checks values against the same metadata, so a default outside its range or
+    # choices would fail here, not only in a user's config that sets the key.
+    from safs_optuna.config.walker import Context, value
+
+    ctx = Context("<schema>", tmp_path, frozenset())
+    checked = 0
+    for table, key, tp, spec, default in _every_key():
+        if default is dataclasses.MISSING or spec.path or spec.choices and spec.choices.forms:
+            continue  # required, resolved against a folder, or checked with its other forms
+        plain = list(default) if isinstance(default, tuple) else default
+        assert value(tp, spec, plain, f"{table}.{key}", ctx) == default, (table, key)
+        checked += 1
+    assert checked > 40
+
+
+def test_every_key_has_a_one_line_description():
+    for table, key, _, spec, _ in _every_key():
+        assert spec.doc.strip() and "\n" not in spec.doc, f"[{table}] {key} needs one line of meaning"
+
+
+def test_the_protocol_keys_are_the_fields_of_hparams(tmp_path):
+    from safs_optuna.config.walker import keys
+    from safs_optuna.training import HParams
+
+    assert list(keys(ProtocolConfig)) == [f.name for f in dataclasses.fields(HParams)]
+    hparams = HParams(optimizer="sgd", lr=0.05, momentum=0.8, schedule="cosine", augment=True)
+    protocol = ProtocolConfig(hparams)
+    assert protocol.hparams() is hparams and protocol.lr == 0.05 and protocol.optimizer == "sgd"
+    with pytest.raises(AttributeError):
+        protocol.learning_rate
+    # The file's keys, read into HParams and written back flat, as users write them.
+    config = load_config(write(tmp_path, 'name = "x"\n[protocol]\noptimizer = "sgd"\nlr = 0.05\n'))
+    assert config.protocol.hparams() == HParams(optimizer="sgd", lr=0.05)
+    assert to_dict(config)["protocol"] == dataclasses.asdict(HParams(optimizer="sgd", lr=0.05))
+
+
+def test_the_reference_lists_every_table_and_key():
+    from safs_optuna.config import reference_markdown
+
+    text = reference_markdown()
+    for table, key, _, spec, _ in _every_key():
+        section = text.split(f"## [{table}]\n" if table else "## Top level\n", 1)[1].split("\n## ", 1)[0]
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{key}` |"))
+        assert spec.doc.replace("<", "\\<") in row
+    assert "| `trials` | integer | `20` | `[1, 100 000]` |" in text
+    assert "| `optimizer` | string | `\"adam\"` | `sgd`, `adam`" in text  # [protocol]: HParams' own default
+    assert '| `epochs` | integer or "auto" | `"auto"` |' in text
+    assert "| `learn_scale` | array of booleans | `[true]` | each of `true`, `false` |" in text
+    assert "\\<module>:\\<callable>" in text  # not raw HTML to a markdown reader
+
+
+def test_a_new_schema_field_is_enforced_and_documented(tmp_path):
+    # A field declared once, with its metadata, is read, checked and listed with no other edit.
+    from safs_optuna.config import reference_markdown
+    from safs_optuna.config.spec import key
+    from safs_optuna.config.walker import Context, build
+
+    extra = dataclasses.make_dataclass(
+        "ExtraConfig", [("widgets", int, key(3, "how many widgets to frobnicate", range=(1, 9)))], frozen=True)
+    root = dataclasses.make_dataclass("Root", [("extra", extra, key(doc="a fake table", factory=extra))])
+    text = reference_markdown(root)
+    assert "## [extra]" in text
+    assert "| `widgets` | integer | `3` | `[1, 9]` | how many widgets to frobnicate |" in text
+    ctx = Context("fake.toml", tmp_path, frozenset())
+    assert build(root, {"extra": {"widgets": 5}}, "", ctx, {}).extra.widgets == 5
+    with pytest.raises(ConfigError, match=r"^fake.toml: \[extra\] widgets: must be in \[1, 9\], got 10$"):
+        build(root, {"extra": {"widgets": 10}}, "", ctx, {})
+
+
+def test_the_reference_command_prints_the_reference():
+    import subprocess
+    import sys
+
+    from safs_optuna.config import reference_markdown
+
+    out = subprocess.run([sys.executable, "-m", "safs_optuna.config"], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out == reference_markdown()
 
 
 def test_parse_config_without_a_file_resolves_against_the_current_directory(tmp_path, monkeypatch):
@@ -218,16 +285,6 @@ def test_values_are_typed_as_declared(tmp_path):
     assert config.activations.binary == ("left", "add")
     assert config.hpo.space.lr == (1.0, 2.0) and all(isinstance(v, float) for v in config.hpo.space.lr)
     assert config.hpo.space.learn_scale == (True,)
-
-
-def test_protocol_hparams():
-    from safs_optuna.training import HParams
-
-    protocol = ProtocolConfig(optimizer="sgd", lr=0.05, momentum=0.8, schedule="cosine", augment=True)
-    hparams = protocol.hparams()
-    assert isinstance(hparams, HParams)
-    fields = dataclasses.asdict(protocol)
-    assert {name: getattr(hparams, name) for name in fields} == fields
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -308,25 +365,25 @@ def test_unknown_choices(tmp_path, text, fragment, valid):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("[activations]\ntrials = 0\n", "[activations] trials: must be >= 1, got 0"),
-        ("[activations]\nepochs = 0\n", "[activations] epochs: must be >= 1, got 0"),
-        ("[activations]\nhistory = 0\n", "[activations] history: must be >= 1, got 0"),
-        ("[activations]\nfraction = 0\n", "[activations] fraction: must be in (0.0, 1.0], got 0.0"),
-        ("[hpo]\nfraction = 1.5\n", "[hpo] fraction: must be in (0.0, 1.0], got 1.5"),
-        ("[hpo]\ntrials = -1\n", "[hpo] trials: must be >= 1, got -1"),
-        ("[hpo]\nepochs = 0\n", "[hpo] epochs: must be >= 1, got 0"),
-        ("[final]\nepochs = 0\n", "[final] epochs: must be >= 1, got 0"),
-        ("[dense]\nepochs = 0\n", "[dense] epochs: must be >= 1, got 0"),
-        ("[protocol]\nlr = 0\n", "[protocol] lr: must be > 0, got 0.0"),
+        ("[activations]\ntrials = 0\n", "[activations] trials: must be in [1, 100 000], got 0"),
+        ("[activations]\nepochs = 0\n", "[activations] epochs: must be in [1, 100 000], got 0"),
+        ("[activations]\nhistory = 0\n", "[activations] history: must be in [1, 1000], got 0"),
+        ("[activations]\nfraction = 0\n", "[activations] fraction: must be in [0.0001, 1.0], got 0.0"),
+        ("[hpo]\nfraction = 1.5\n", "[hpo] fraction: must be in [0.0001, 1.0], got 1.5"),
+        ("[hpo]\ntrials = -1\n", "[hpo] trials: must be in [1, 100 000], got -1"),
+        ("[hpo]\nepochs = 0\n", "[hpo] epochs: must be in [1, 100 000], got 0"),
+        ("[final]\nepochs = 0\n", "[final] epochs: must be in [1, 100 000], got 0"),
+        ("[dense]\nepochs = 0\n", "[dense] epochs: must be in [1, 100 000] without a checkpoint"),
+        ("[protocol]\nlr = 0\n", "[protocol] lr: must be in (0.0, 10.0], got 0.0"),
         ("[protocol]\nmomentum = 1.0\n", "[protocol] momentum: must be in [0.0, 1.0), got 1.0"),
-        ("[protocol]\nweight_decay = -1e-4\n", "[protocol] weight_decay: must be >= 0.0, got -0.0001"),
-        ("[protocol]\nbatch_size = 0\n", "[protocol] batch_size: must be >= 1, got 0"),
+        ("[protocol]\nweight_decay = -1e-4\n", "[protocol] weight_decay: must be in [0.0, 1.0], got -0.0001"),
+        ("[protocol]\nbatch_size = 0\n", "[protocol] batch_size: must be in [1, 65 536], got 0"),
         ("[data]\nval_size = 0\n", "[data] val_size: must be in (0.0, 1.0), got 0.0"),
         ("[data]\nval_size = 1\n", "[data] val_size: must be in (0.0, 1.0), got 1.0"),
-        ("[sparsity]\nratio = 1.0\n", "[sparsity] ratio: must be in [0.0, 1.0), got 1.0"),
-        ("[sparsity]\nratio = -0.1\n", "[sparsity] ratio: must be in [0.0, 1.0), got -0.1"),
+        ("[sparsity]\nratio = 1.0\n", "[sparsity] ratio: must be in (0.0, 1.0), got 1.0"),
+        ("[sparsity]\nratio = -0.1\n", "[sparsity] ratio: must be in (0.0, 1.0), got -0.1"),
         ("[sparsity]\ngradual_epochs = -1\n",
-         "[sparsity] gradual_epochs: must be in [0, 100 000] (0 = one-shot pruning), got -1"),
+         "[sparsity] gradual_epochs: must be in [0, 100 000], got -1 (0 = one-shot pruning)"),
         ("[hpo.space]\nlr = [0.1, 0.001]\n", "[hpo.space] lr: expected [low, high] with low < high, got [0.1, 0.001]"),
         ("[hpo.space]\nlr = [0.0, 0.1]\n", "[hpo.space] lr: is searched on a log scale, so low must be > 0"),
         ("[hpo.space]\nweight_decay = [0, 1e-2]\n", "[hpo.space] weight_decay: is searched on a log scale"),
@@ -336,7 +393,7 @@ def test_unknown_choices(tmp_path, text, fragment, valid):
         ("[hpo.space]\nlearn_scale = [true, true]\n", "[hpo.space] learn_scale: true is listed twice"),
         ("[activations]\nunary = []\n", "[activations] unary: needs at least one unary operator, got []"),
         ("[data]\nname = 'imagenet16-0'\n", "[data] name: 'imagenet16-0': imagenet16 has 1 to 1000 classes"),
-        ("threads = -1\n", "threads: must be >= 0 (0 = automatic), got -1"),
+        ("threads = -1\n", "threads: must be in [0, 1024], got -1 (0 = automatic)"),
         ("seed = -1\n", "seed: must be in [0, 2**32), got -1"),
     ],
 )
@@ -410,7 +467,7 @@ def test_dense_checkpoint(tmp_path):
     (tmp_path / "weights" / "dense.pt").write_bytes(b"x")
     config = load_config(write(tmp_path, 'name = "s"\n[dense]\ncheckpoint = "weights/dense.pt"\nepochs = 0\n'))
     assert config.dense.checkpoint == str(tmp_path / "weights" / "dense.pt")
-    assert "[dense] epochs: must be >= 0" in error(tmp_path, "[dense]\ncheckpoint = 'weights/dense.pt'\nepochs = -1\n")
+    assert "[dense] epochs: must be in [0, 100 000], got -1" in error(tmp_path, "[dense]\ncheckpoint = 'weights/dense.pt'\nepochs = -1\n")
 
 
 def test_idx_dataset_folder_is_resolved_and_must_exist(tmp_path):
@@ -490,7 +547,7 @@ def test_overrides_replace_file_values(tmp_path):
 
 def test_overrides_are_validated_like_file_values(tmp_path):
     message = error(tmp_path, "", {"activations.trials": 0})
-    assert "[activations] trials (override): must be >= 1, got 0" in message
+    assert "[activations] trials (override): must be in [1, 100 000], got 0" in message
     message = error(tmp_path, "", {"activations.trails": 5})
     assert "[activations] trails (override): unknown key (did you mean 'trials'?)" in message
     message = error(tmp_path, "", {"thread": 2})
@@ -502,7 +559,7 @@ def test_overrides_are_validated_like_file_values(tmp_path):
     message = error(tmp_path, "", {"name.first": "x"})
     assert "name (override): is not a table, so name.first cannot be set" in message
     message = error(tmp_path, "[final]\nepochs = 0\n", {"activations.trials": 3})
-    assert "[final] epochs: must be >= 1" in message and "(override)" not in message
+    assert "[final] epochs: must be in [1, 100 000]" in message and "(override)" not in message
 
 
 def test_override_of_the_name_moves_the_default_storage(tmp_path):
@@ -602,21 +659,21 @@ def test_activations_lahc_variant(tmp_path):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("threads = 1025\n", "threads: must be in [0, 1024] (0 = automatic), got 1025"),
-        ("[sparsity]\nratio = 0\n", "[sparsity] ratio: must be in (0.0, 1.0), got 0.0: a ratio of 0 prunes nothing"),
-        ("[dense]\nepochs = 100001\n", "[dense] epochs: must be <= 100 000, got 100001"),
-        ("[dense]\nepochs = 100001\ncheckpoint = 'w.pt'\n", "[dense] epochs: must be <= 100 000, got 100001"),
-        ("[protocol]\nlr = 11\n", "[protocol] lr: must be <= 10.0, got 11.0"),
-        ("[protocol]\nweight_decay = 2\n", "[protocol] weight_decay: must be <= 1.0, got 2.0"),
-        ("[protocol]\nbatch_size = 65537\n", "[protocol] batch_size: must be <= 65 536, got 65537"),
-        ("[activations]\ntrials = 100001\n", "[activations] trials: must be <= 100 000, got 100001"),
-        ("[activations]\nepochs = 100001\n", "[activations] epochs: must be <= 100 000, got 100001"),
-        ("[activations]\nhistory = 1001\n", "[activations] history: must be <= 1 000, got 1001"),
-        ("[activations]\nfraction = 5e-5\n", "[activations] fraction: must be in [0.0001, 1.0], got 5e-05"),
-        ("[hpo]\ntrials = 100001\n", "[hpo] trials: must be <= 100 000, got 100001"),
-        ("[hpo]\nepochs = 100001\n", "[hpo] epochs: must be <= 100 000, got 100001"),
+        ("threads = 1025\n", "threads: must be in [0, 1024], got 1025 (0 = automatic)"),
+        ("[sparsity]\nratio = 0\n", "[sparsity] ratio: must be in (0.0, 1.0), got 0.0 (0 would prune nothing"),
+        ("[dense]\nepochs = 100001\n", "[dense] epochs: must be in [0, 100 000], got 100001"),
+        ("[dense]\nepochs = 100001\ncheckpoint = 'w.pt'\n", "[dense] epochs: must be in [0, 100 000], got 100001"),
+        ("[protocol]\nlr = 11\n", "[protocol] lr: must be in (0.0, 10.0], got 11.0"),
+        ("[protocol]\nweight_decay = 2\n", "[protocol] weight_decay: must be in [0.0, 1.0], got 2.0"),
+        ("[protocol]\nbatch_size = 65537\n", "[protocol] batch_size: must be in [1, 65 536], got 65537"),
+        ("[activations]\ntrials = 100001\n", "[activations] trials: must be in [1, 100 000], got 100001"),
+        ("[activations]\nepochs = 100001\n", "[activations] epochs: must be in [1, 100 000], got 100001"),
+        ("[activations]\nhistory = 1001\n", "[activations] history: must be in [1, 1000], got 1001"),
+        ("[activations]\nfraction = 5e-5\n", "[activations] fraction: must be in [0.0001, 1.0], got 5e-05 (a smaller"),
+        ("[hpo]\ntrials = 100001\n", "[hpo] trials: must be in [1, 100 000], got 100001"),
+        ("[hpo]\nepochs = 100001\n", "[hpo] epochs: must be in [1, 100 000], got 100001"),
         ("[hpo]\nfraction = 1e-5\n", "[hpo] fraction: must be in [0.0001, 1.0], got 1e-05"),
-        ("[final]\nepochs = 100001\n", "[final] epochs: must be <= 100 000, got 100001"),
+        ("[final]\nepochs = 100001\n", "[final] epochs: must be in [1, 100 000], got 100001"),
         ("[sparsity]\ngradual_epochs = 100001\n", "[sparsity] gradual_epochs: must be in [0, 100 000]"),
     ],
 )

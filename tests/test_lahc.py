@@ -16,7 +16,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from safs_optuna.samplers import LAHCSampler
-from safs_optuna.samplers.lahc import VARIANTS, _replay, _value_score
+from safs_optuna.samplers.lahc import VARIANTS
+from safs_optuna.samplers.lahc._chain import replay as _replay, value_score as _value_score
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -147,7 +148,7 @@ def test_a_trial_asked_before_the_first_suggests_waits_for_it(tmp_path: Any) -> 
 def test_a_trial_beside_a_silent_first_one_starts_at_random(tmp_path: Any, monkeypatch: Any) -> None:
     # The first trial never suggests: after the wait the second draws a random configuration,
     # a different one per trial, instead of repeating the initial one.
-    from safs_optuna.samplers import lahc
+    from safs_optuna.samplers.lahc import _claims as lahc
 
     monkeypatch.setattr(lahc, "_ANCHOR_WAIT_S", 0.05)
     study = make_study(sqlite(tmp_path))
@@ -678,7 +679,7 @@ def test_a_proposal_matching_a_trial_whose_claim_is_still_partial_clashes():
     # takes the rest later: any proposal that agrees with what it has may end up equal to it.
     from optuna.trial import create_trial
 
-    from safs_optuna.samplers.lahc import _CLAIM_ATTR, _matches_partial
+    from safs_optuna.samplers.lahc._claims import CLAIM_ATTR as _CLAIM_ATTR, matches_partial as _matches_partial
 
     space = {f"s{i}.left": CategoricalDistribution(["relu", "selu"]) for i in range(4)}
     claim = {"s0.left": "selu", "s1.left": "relu"}
@@ -692,3 +693,13 @@ def test_a_proposal_matching_a_trial_whose_claim_is_still_partial_clashes():
     full = create_trial(state=TrialState.RUNNING, system_attrs={_CLAIM_ATTR: same})
     full.number = 3
     assert not _matches_partial([full], same, space, number=8)  # a whole key: the taken keys' job
+
+
+def test_an_int_midpoint_rounds_the_same_on_every_optuna_version() -> None:
+    # Optuna's own search-space transform rounds an int halfway between two steps to the even one
+    # in 4.0 and up in 5.x; the sampler rounds the same way on both, so the first trial (and every
+    # draw after it) is the same on each Optuna that CI runs.
+    trial = make_study(optuna.storages.InMemoryStorage()).ask()
+    assert trial.suggest_int("a", 0, 5) == 2  # Optuna 5.x's transform: 3
+    assert trial.suggest_int("b", 2, 7) == 4  # Optuna 5.x's transform: 5
+    assert trial.suggest_int("c", 0, 10, step=2) == 4  # 5, between 4 and 6; Optuna 5.x: 6

@@ -39,8 +39,12 @@ TINY_RUN = ["--set", "dense.epochs=1", "--set", "activations.trials=1", "--set",
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch):
+def no_network(monkeypatch, tmp_path):
     block_network(monkeypatch)
+    # A machine with Debian's Fashion-MNIST package installed would need no download at all.
+    from safs_optuna import data
+
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIRS", (str(tmp_path / "no-system-data"),))
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:

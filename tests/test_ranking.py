@@ -71,7 +71,7 @@ def test_first_move_and_truncation():
 
 # ----------------------------------------------------------------- LAHC uses it
 def test_lahc_accepts_a_candidate_whose_loss_moved_while_accuracy_is_at_chance():
-    from safs_optuna.samplers.lahc import _replay, _value_score
+    from safs_optuna.samplers.lahc._chain import replay as _replay, value_score as _value_score
 
     trials = [
         _trial([10.0, 10.0], [2.3030, 2.3030], "relu"),  # the start, dead

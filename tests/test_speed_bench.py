@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import speed  # noqa: E402
+import speed
 
 
 def _times(**over: float) -> dict[str, float]:
@@ -71,11 +66,6 @@ def test_device_option_names_what_this_machine_has(monkeypatch):
     with pytest.raises(argparse.ArgumentTypeError, match=r"'gpu' is not a torch device"):
         speed._device("gpu")
     assert speed._device("cpu") == "cpu"
-
-
-def test_device_section_runs_by_default_only_with_a_gpu():
-    assert ("device" in speed.DEFAULT_SECTIONS) == speed.torch.cuda.is_available()
-    assert [s for s in speed.DEFAULT_SECTIONS if s != "device"] == [s for s in speed.SECTIONS if s != "device"]
 
 
 def test_a_partial_run_does_not_overwrite_the_full_table():

@@ -317,7 +317,7 @@ def test_the_new_keys_are_read_and_resolved_against_the_config_folder(project):
     ('[training]\ndirection = "minimize"\n', ["[training] direction", "accuracy, which is maximized"]),
     ('[training]\nfit = "not a path"\n', ["[training] fit", "is not an import path"]),
     ('[data]\nname = "folder:nowhere"\n', ["[data] name", "no folder"]),
-    ('[data]\nname = "quickstart"\nchannels = 2\n', ["[data] channels", "must be 1 (grayscale) or 3"]),
+    ('[data]\nname = "quickstart"\nchannels = 2\n', ["[data] channels", "valid: 1, 3 (1 grayscale, 3 RGB)"]),
     ('[model]\nname = "lenet5"\nkwargs = { width = 2 }\n', ["[model] kwargs", "takes no keyword arguments"]),
 ])
 def test_bad_new_keys_fail_with_the_key(tmp_path, extra, words):

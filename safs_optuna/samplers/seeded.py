@@ -12,6 +12,8 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from safs_optuna import optuna_private
+
 __all__ = ["PositionSeededSampler", "position_seed"]
 
 
@@ -81,10 +83,11 @@ class PositionSeededSampler(BaseSampler):
         self._inner: dict[int, BaseSampler] = {}
 
     def _sampler(self, trial: FrozenTrial) -> BaseSampler:
-        inner = self._inner.get(trial._trial_id)
+        trial_id = optuna_private.trial_id(trial)
+        inner = self._inner.get(trial_id)
         if inner is None:  # a trial that reached us without before_trial (e.g. study.tell paths)
             inner = self._factory(position_seed(self._seed, trial.number))
-            self._inner[trial._trial_id] = inner
+            self._inner[trial_id] = inner
         return inner
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -95,7 +98,7 @@ class PositionSeededSampler(BaseSampler):
             for t in trials
         )
         inner = self._factory(position_seed(self._seed, finished, in_flight))
-        self._inner[trial._trial_id] = inner
+        self._inner[optuna_private.trial_id(trial)] = inner
         inner.before_trial(study, trial)
 
     def infer_relative_search_space(
@@ -124,7 +127,7 @@ class PositionSeededSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        inner = self._inner.pop(trial._trial_id, None)
+        inner = self._inner.pop(optuna_private.trial_id(trial), None)
         if inner is not None:
             inner.after_trial(study, trial, state, values)
 

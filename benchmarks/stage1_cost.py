@@ -1,0 +1,161 @@
+"""What does stage 1 cost, and does a cheaper search find as good a winner?
+
+Runs the pipeline of ``studies/quickstart.toml`` (LeNet-5, 99 % of every layer's weights removed)
+once per (dataset, method, seed) with stage 2 cut to one trial per search (stage 2 is not measured
+here) and writes ``benchmarks/results/stage1_cost_<dataset>.md`` and an SVG: per stage-1 method,
+the stage-1 epochs spent, the best validation accuracy the search found (the ranking rule's
+score), and the winner's test accuracy after the default fine-tune (the report's "stage 1" column)
+against magnitude pruning's ("baseline", the same network fine-tuned with its own activations).
+
+Methods:
+
+* ``lahc``: today's default — LAHC, "auto" epochs, the incumbent pruner.
+* ``lahc-halving``: LAHC with successive halving on the ranking score (every candidate 1 epoch,
+  the best third 3, the best third of those the full "auto" count).
+* ``random-halving``: random search with the same successive halving.
+* ``lahc-third``: LAHC as today with a third of the candidates: the plain way to spend a third.
+
+Each run is one ``safs-optuna run`` with one worker and one torch thread into its own SQLite
+file under ``--workdir`` (reused: finished runs are read back, not rerun).
+
+Example:
+
+    python benchmarks/stage1_cost.py --datasets quickstart,fashion_mnist --seeds 0,1,2 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bench_args
+from bench_args import fmt
+from search_signal import CONFIG, ROOT, _read
+from svg_plot import Series, line_plot
+
+# Stage 2 is not what this measures: one trial per stage-2 search keeps its cost out of the way.
+COMMON = ['activations.preset="safs"', "hpo.trials=1"]
+METHODS = {
+    "lahc": [],
+    "lahc-halving": ['activations.pruner="halving"'],
+    "random-halving": ['activations.sampler="random"', 'activations.pruner="halving"'],
+    "lahc-third": ["activations.trials=7"],
+}
+COLOURS = {"lahc": "#1f77b4", "lahc-halving": "#d62728", "random-halving": "#2ca02c", "lahc-third": "#7f7f7f"}
+
+
+def _run(workdir: Path, dataset: str, method: str, seed: int, overrides: list[str], device: str) -> dict:
+    name = f"cost-{dataset}-{method}-s{seed}"
+    db, done = workdir / f"{name}.db", workdir / f"{name}.json"
+    if done.exists():  # finished: read back, not rerun
+        return {**json.loads(done.read_text()), **_read(db, name)}
+    sets = overrides + COMMON + METHODS[method] + [
+        f"seed={seed}", f'name="{name}"', f'artifacts="{workdir / (name + ".artifacts")}"']
+    cmd = [sys.executable, "-m", "safs_optuna.cli", "run", str(CONFIG), "--storage", f"sqlite:///{db}",
+           "--threads", "1", "--device", device]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    start = time.time()
+    with open(workdir / f"{name}.log", "w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {workdir / (name + '.log')}")
+    result = {"dataset": dataset, "method": method, "seed": seed, "seconds": round(time.time() - start, 1),
+              "best_val": _best_val(db, name)}
+    done.write_text(json.dumps(result, indent=1))
+    return {**result, **_read(db, name)}
+
+
+def _best_val(db: Path, name: str) -> float | None:
+    """The best validation accuracy among stage-1 candidates by the ranking rule (the winner's)."""
+    import optuna
+
+    from safs_optuna.ranking import trial_score
+
+    study = optuna.load_study(study_name=f"{name}/activations", storage=f"sqlite:///{db}")
+    trials = study.get_trials(deepcopy=False)
+    best = max(trials, key=trial_score, default=None)
+    return max(best.intermediate_values.values()) if best and best.intermediate_values else None
+
+
+def _rows(results: list[dict], dataset: str) -> tuple[list[str], list[Series], float]:
+    rows = [r for r in results if r["dataset"] == dataset]
+    today = [r["epochs_stage1"] for r in rows if r["method"] == "lahc"]
+    ref = statistics.mean(today) if today else None
+    lines = ["| method | seeds | stage-1 epochs | share of `lahc`'s epochs | best validation accuracy "
+             "| magnitude pruning (test) | stage 1 (test) | stage 1 − magnitude pruning | wall time per run |",
+             "|---" * 9 + "|"]
+    series, top = [], max((r["epochs_stage1"] for r in rows), default=1)
+    for method in METHODS:
+        rs = [r for r in rows if r["method"] == method]
+        if not rs:
+            continue
+        epochs = [r["epochs_stage1"] for r in rs]
+        gains = [r["stage1"] - r["baseline"] for r in rs]
+        share = f"{statistics.mean(epochs) / ref:.2f}" if ref else "—"
+        lines.append(f"| {method} | {len(rs)} | {fmt(epochs)} | {share} | {fmt([r['best_val'] for r in rs])} | "
+                     f"{fmt([r['baseline'] for r in rs])} | {fmt([r['stage1'] for r in rs])} | {fmt(gains)} | "
+                     f"{fmt([r['seconds'] for r in rs])} s |")
+        sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        series.append(Series(method, COLOURS[method], [(statistics.mean(epochs) / top, statistics.mean(gains), sd)]))
+    return lines, series, top
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bench_args.add_options(p, "stage1_cost", "quickstart,fashion_mnist", "activations.fraction=0.2")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    workdir = bench_args.workdir(args)
+    methods = bench_args.choices(p, args.methods, METHODS, "method")
+    found, notes = bench_args.datasets(args)
+    # Fashion-MNIST is searched on a 20 % subset, as the other benchmarks do.
+    found = [(d, o + (["activations.fraction=0.2"] if d == "fashion_mnist" else [])) for d, o in found]
+    jobs = [(d, m, s, o) for d, o in found for m in methods for s in bench_args.seeds(args)]
+    print(f"{len(jobs)} runs, {args.jobs} at once; logs and databases in {workdir}", flush=True)
+
+    def one(job: tuple) -> dict:
+        r = _run(workdir, job[0], job[1], job[2], job[3], args.device)
+        print(f"  {r['dataset']} {r['method']} seed {r['seed']}: {r['epochs_stage1']} stage-1 epochs, "
+              f"baseline {r['baseline']}, stage 1 {r['stage1']} ({r['seconds']:.0f} s)", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, jobs))
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    for dataset, _ in found:
+        lines, series, top = _rows(results, dataset)
+        out = Path(args.out).with_name(f"stage1_cost_{dataset}.md")
+        plot = bench_args.plot_path(out, dataset)
+        svg = line_plot(series, [(i / 4, f"{top * i / 4:.0f}") for i in range(5)], "stage-1 epochs (mean)",
+                        "stage 1 − magnitude pruning (test, points)", y_range=(-10.0, 30.0), y_step=10.0)
+        plot.write_text(svg)
+        head = [f"# Stage-1 cost on {dataset} (LeNet-5, 0.99 layer-wise)", "",
+                f"`{bench_args.command('stage1_cost.py')}`", "",
+                f"Budgets: `studies/quickstart.toml` with `{'`, `'.join(COMMON)}`"
+                + (" and `activations.fraction=0.2`" if dataset == "fashion_mnist" else "")
+                + f"; one worker with one torch thread per run ({bench_args.device_name(args.device)}). "
+                "Test accuracy %, mean ± sd over seeds " + args.seeds + ". Stage-1 epochs count every "
+                "candidate's epochs, the start trial's included.", "", f"![stage-1 cost]({plot.name})", ""]
+        per_seed = ["", "| method | seed | stage-1 epochs | winner | best validation | baseline | stage 1 |",
+                    "|---" * 7 + "|"]
+        per_seed += [f"| {r['method']} | {r['seed']} | {r['epochs_stage1']} | {', '.join(r.get('winner', []))} | "
+                     f"{r['best_val']} | {r['baseline']} | {r['stage1']} |" for r in results if r["dataset"] == dataset]
+        tail = [""] + [f"- {n}" for n in notes] + [f"Code: commit {commit}."]
+        out.write_text("\n".join(head + lines + per_seed + tail) + "\n")
+        print("\n".join(head + lines))
+
+
+if __name__ == "__main__":
+    main()
