@@ -301,7 +301,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .pipeline.results import density_table
-    from .storage import redact
+    from .storage import check_artifacts, redact
 
     if args.watch:
         return _watch(_configs(args), args.interval)
@@ -349,6 +349,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if density:
             print("\n" + density)
         print()
+    # Workers on other machines need the object store: say now if it cannot be written, not at
+    # the first checkpoint. Checked once, without waiting out an outage.
+    check_artifacts(_config(args).artifacts, retry_seconds=0)
     return 0
 
 
@@ -399,7 +402,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     storage = _pipeline(cfg, must_exist=True, same_config=False).studies.storage  # shows any study
     print(f"optuna-dashboard on {redact(cfg.storage)}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
     optuna_dashboard.run_server(storage, host=args.host, port=args.port,
-                                artifact_store=make_artifact_store(cfg.artifacts))
+                                artifact_store=make_artifact_store(cfg.artifacts, cfg.storage_retry_seconds))
     return 0
 
 

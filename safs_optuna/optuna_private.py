@@ -18,12 +18,15 @@ from optuna.trial import FrozenTrial
 
 __all__ = [
     "ENQUEUED_PARAMS_ATTR",
+    "UpdateFinishedTrialError",
     "claimed_trial",
     "contains",
     "enqueued_params",
     "heartbeat_interval",
     "heartbeat_model",
     "rdb_backend",
+    "rdb_models",
+    "rdb_session",
     "record_heartbeat",
     "storage_of",
     "study_id",
@@ -34,6 +37,11 @@ __all__ = [
 # sampler asks for them. Public alternative: none; ``FrozenTrial.params`` holds them only once
 # suggested, and a sampler must know what another worker's queued trial will evaluate.
 ENQUEUED_PARAMS_ATTR = "fixed_params"
+
+
+# What updating a finished trial raises: ``optuna.exceptions.UpdateFinishedTrialError`` where
+# Optuna has it (a RuntimeError), a plain RuntimeError on the older releases setup.cfg admits.
+UpdateFinishedTrialError: type[RuntimeError] = getattr(optuna.exceptions, "UpdateFinishedTrialError", RuntimeError)
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -122,3 +130,26 @@ def heartbeat_model() -> Any:
     from optuna.storages._rdb.models import TrialHeartbeatModel
 
     return TrialHeartbeatModel
+
+
+def rdb_models() -> Any:
+    """Optuna's SQLAlchemy models (studies, trials, their attributes).
+
+    Public alternative: none; a write that must be recognisable after a lost connection (did it
+    commit?) stores a token in the same transaction, which needs the models and a session.
+    """
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def rdb_session(storage: optuna.storages.RDBStorage) -> Any:
+    """A context manager over one transaction of ``storage``, as RDBStorage's own methods use:
+    committed at the end, rolled back on an error (SQLAlchemy errors become
+    ``StorageInternalError``, an ``IntegrityError`` propagates).
+
+    Public alternative: none (see :func:`rdb_models`).
+    """
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    return _create_scoped_session(storage.scoped_session)

@@ -16,6 +16,9 @@ therefore serialised (a lock on the SQLite file) and retried when another proces
 a schema into an empty or missing database; :func:`check_storage` tells a damaged SQLite file
 from a healthy one in one line.
 
+Every call of an opened storage waits out an outage (a restarted server, SQLite locked beyond the
+busy timeout) for up to ``storage_retry_seconds`` (:mod:`safs_optuna.storage_retry`).
+
 PostgreSQL (``postgresql://user:password@host/db``) works unchanged; it needs a driver, installed
 with the ``postgres`` extra (``pip install 'safs-optuna[postgres]'``, psycopg2). A plain
 ``postgresql://`` URL uses SQLAlchemy's default driver when it is installed (psycopg 3 from
@@ -53,6 +56,8 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
+
+from .storage_retry import NETWORK_ERRNOS, RETRY_SECONDS, RetryingRDBStorage, call_with_retry, outage_for
 
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
@@ -322,6 +327,7 @@ def make_storage(
     grace_period: int | None = GRACE_PERIOD,
     max_retry: int = MAX_RETRY,
     create: bool = True,
+    retry_seconds: float = RETRY_SECONDS,
 ) -> optuna.storages.RDBStorage:
     """Open (creating if needed) the RDB storage at ``url`` with heartbeats and retries on.
 
@@ -335,6 +341,9 @@ def make_storage(
         max_retry: How often a failed (stale) trial is re-queued.
         create: ``False`` for commands that only look at a study: raise :class:`NoStudyError`
             instead of writing a schema into an empty or missing database.
+        retry_seconds: How long each call waits out a lost connection (a restarted server, SQLite
+            locked beyond the busy timeout) before it raises; 0 raises at once. The storage must
+            be reachable when it is opened: a URL that cannot be opened fails at once.
 
     Example:
 
@@ -382,7 +391,7 @@ def make_storage(
                 # (no busy wait) while another process is setting the file up.
                 _retry_race(url, lambda: _prepare_sqlite(path))
             try:
-                storage = _open_rdb(url, db_url, kwargs)
+                storage = _open_rdb(url, db_url, kwargs, retry_seconds)
             except StorageError:
                 _check_sqlite_file(path, thorough=True)  # damaged since the first look: say so
                 raise
@@ -392,7 +401,7 @@ def make_storage(
             raise NoStudyError(_no_study(url))  # an in-memory database holds no study yet
         if not create:
             _require_schema_server(url, db_url, engine_kwargs)
-        storage = _open_rdb(url, db_url, kwargs)
+        storage = _open_rdb(url, db_url, kwargs, retry_seconds)
     return storage
 
 
@@ -450,13 +459,13 @@ def _require_schema_server(url: str, db_url: str, engine_kwargs: dict[str, Any])
         raise NoStudyError(_no_study(url))
 
 
-def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
-    """``RDBStorage(db_url, **kwargs)``, retried while another process is creating the schema."""
+def _open_rdb(url: str, db_url: str, kwargs: dict[str, Any], retry_seconds: float) -> RetryingRDBStorage:
+    """``RetryingRDBStorage(db_url, **kwargs)``, retried while another process is creating the schema."""
 
-    def open_() -> optuna.storages.RDBStorage:
+    def open_() -> RetryingRDBStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(db_url, **kwargs)
+            return RetryingRDBStorage(db_url, retry_seconds=retry_seconds, name=f"storage {redact(url)}", **kwargs)
 
     return _retry_race(url, open_)
 
@@ -520,6 +529,8 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
     backend = optuna_private.rdb_backend(storage)
     if backend is None:
         return []
+    if isinstance(backend, RetryingRDBStorage) and backend.stale_checks_paused():
+        return []  # heartbeats lapsed in an outage say nothing about the workers
     interval = backend.get_heartbeat_interval()
     if not interval:
         return []
@@ -532,14 +543,19 @@ def fail_unbeating_trials(study: optuna.Study, grace_period: float | None = None
         return []
     heartbeats = optuna_private.heartbeat_model()
     query = sqlalchemy.select(heartbeats.trial_id).where(heartbeats.trial_id.in_(old))
-    with backend.engine.connect() as conn:
-        beating = {row[0] for row in conn.execute(query)}
+
+    def beating_ids() -> set[int]:
+        with backend.engine.connect() as conn:
+            return {row[0] for row in conn.execute(query)}
+
+    retry = getattr(backend, "retry_seconds", 0.0)
+    beating = call_with_retry(outage_for(getattr(backend, "outage_name", "")), retry, beating_ids)
     failed = []
     for trial_id in sorted(old - beating):
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 failed.append(trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except optuna_private.UpdateFinishedTrialError:
             pass  # another worker failed (or its owner finished) it first
     callback = stale_trial_callback(storage)
     if callback is not None:
@@ -690,7 +706,7 @@ _FULL_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
-def staging(store: FolderArtifactStore, name: str, folder: str | Path) -> Iterator[None]:
+def staging(store: Any, name: str, folder: str | Path) -> Iterator[None]:
     """Around writing ``name`` into the local ``folder`` before its upload to ``store``: a full
     disk there stops the worker in one line too, as an :class:`ArtifactStoreError`."""
     try:
@@ -721,6 +737,102 @@ def read_failure(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def make_artifact_store(path: str | Path) -> FolderArtifactStore:
-    """The artifact store (checkpoints, plots) in folder ``path``, created by its first write."""
-    return FolderArtifactStore(path)
+def _is_lost_artifact_store(exc: BaseException) -> bool:
+    """A network file system or an object store that did not answer: worth another try."""
+    from .object_store import is_lost_bucket
+
+    if isinstance(exc, ArtifactNotFound):
+        return False
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and not any(e is s for s in seen):
+        seen.append(e)
+        if isinstance(e, OSError) and e.errno in NETWORK_ERRNOS:
+            return True
+        e = e.__cause__ or e.__context__
+    return is_lost_bucket(exc)
+
+
+class RetryingArtifactStore:
+    """An artifact store whose reads and writes wait out an outage (a network file system or an
+    object store that does not answer) for up to ``retry_seconds``, with one line when it begins
+    and one when it ends, as the storage's calls do. A missing artifact is not retried. An object
+    store's other failures (no such bucket, access denied) become one-line
+    :class:`ArtifactStoreError` messages naming the store.
+
+    Args:
+        store: A :class:`FolderArtifactStore` or an :class:`~safs_optuna.object_store.BucketArtifactStore`.
+        retry_seconds: How long an outage is waited out (0: not at all).
+    """
+
+    def __init__(self, store: Any, retry_seconds: float = RETRY_SECONDS) -> None:
+        self.store = store
+        self.base_path = store.base_path
+        self.retry_seconds = float(retry_seconds)
+        self._outage = outage_for(f"artifact store {store.base_path}")
+
+    def _call(self, action: str, what: str, call: Callable[[], _T]) -> _T:
+        try:
+            return call_with_retry(self._outage, self.retry_seconds, call, lost=_is_lost_artifact_store)
+        except (ArtifactNotFound, ArtifactStoreError, OSError):
+            raise
+        except Exception as exc:  # an object store's client raises its own kinds
+            from .object_store import describe_failure
+
+            cause = describe_failure(exc)
+            hint = f"; fix that and {_RESUME}" if action == "write" else ""
+            raise ArtifactStoreError(f"artifact store {self.base_path}: cannot {action} {what}: {cause}{hint}",
+                                     cause) from exc
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self._call("read", artifact_id, lambda: self.store.open_reader(artifact_id))
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        start = content_body.tell() if content_body.seekable() else None
+
+        def write() -> None:
+            if start is not None:
+                content_body.seek(start)  # a try that failed half-way read part of it
+            self.store.write(artifact_id, content_body)
+
+        self._call("write", artifact_id, write)
+
+    def remove(self, artifact_id: str) -> None:
+        self._call("remove", artifact_id, lambda: self.store.remove(artifact_id))
+
+
+def make_artifact_store(location: str | Path, retry_seconds: float = RETRY_SECONDS) -> RetryingArtifactStore:
+    """The artifact store (checkpoints, plots) at ``location``: a folder, created by its first
+    write, or an object store (``s3://bucket/prefix``, ``gs://bucket/prefix``; see
+    :mod:`safs_optuna.object_store`). Its calls wait out outages for up to ``retry_seconds``.
+
+    Raises:
+        StorageError: An object store whose client library is missing (naming what to install)
+            or a malformed bucket URL.
+    """
+    from .object_store import open_bucket
+
+    if isinstance(location, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", location):
+        try:  # an object store; another scheme is refused naming the valid ones
+            store: Any = open_bucket(location)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(str(exc)) from None
+    else:
+        store = FolderArtifactStore(location)
+    return RetryingArtifactStore(store, retry_seconds)
+
+
+def check_artifacts(location: str | Path, retry_seconds: float = RETRY_SECONDS) -> None:
+    """Raise :class:`StorageError` in one line naming the bucket when an object store at
+    ``location`` cannot be written (a small object is written and removed). Folders are checked
+    where they are made (``run``'s checks); this looks at object stores only."""
+    from .object_store import is_bucket_url
+
+    if not (isinstance(location, str) and is_bucket_url(location)):
+        return
+    store = make_artifact_store(location, retry_seconds)
+    try:
+        store._call("write", "a test object", store.store.check_writable)
+    except ArtifactStoreError as exc:
+        raise ArtifactStoreError(f"artifact store {location}: cannot write to bucket {store.store.bucket!r}: "
+                                 f"{exc.cause}", exc.cause) from None

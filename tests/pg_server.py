@@ -106,6 +106,22 @@ class PostgresServer:
 
     admin_url: str
     created: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # How to stop and start the server again (a server this fixture started), else None.
+    control: "_Control | None" = None
+
+    def stop(self) -> None:
+        """Stop the server as a restart does ("fast": sessions are ended, new ones refused)."""
+        self._control().pg_ctl("stop", "-m", "fast")
+
+    def start(self) -> None:
+        """Start the stopped server again, on the same port."""
+        self._control().pg_ctl("start", "-o", self._control().options)
+
+    def _control(self) -> "_Control":
+        if self.control is None:
+            pytest.fail("this test stops the PostgreSQL server, which it cannot do to the existing server "
+                        "of SAFS_TEST_POSTGRES_URL; run it with the test extra's own server", pytrace=False)
+        return self.control
 
     def new_database(self, user: str | None = None, password: str | None = None) -> str:
         """A fresh database, owned by a new role ``user_<random>`` with ``password`` if ``user``
@@ -136,6 +152,29 @@ class PostgresServer:
                         cur.execute(f'DROP ROLE IF EXISTS "{role}"')
         finally:
             con.close()
+
+
+@dataclasses.dataclass
+class _Control:
+    """pg_ctl for the server this fixture started."""
+
+    bindir: str
+    folder: str
+    options: str
+    run_as: dict
+
+    def pg_ctl(self, *args: str) -> None:
+        data, log = os.path.join(self.folder, "data"), os.path.join(self.folder, "server.log")
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C", "HOME": self.folder, "PGTZ": "UTC"}
+        done = subprocess.run([os.path.join(self.bindir, "pg_ctl"), "-D", data, "-l", log, "-w", "-t", "60", *args],
+                              cwd=self.folder, env=env, capture_output=True, text=True, timeout=90, **self.run_as)
+        if done.returncode != 0:
+            pytest.fail(f"pg_ctl {args[0]} failed ({done.returncode}): {done.stdout}{done.stderr}", pytrace=False)
+
+
+def _options(port: int, folder: str) -> str:
+    return (f"-p {port} -c listen_addresses=127.0.0.1 -k '{folder}' -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off")
 
 
 def _as_server_user() -> dict:
@@ -198,8 +237,7 @@ def _start_server(bindir: str, folder: str, password: str, run_as: dict) -> int:
                     pytrace=False)
     for _ in range(3):  # another process may take the free port before the server binds it
         port = _free_port()
-        options = (f"-p {port} -c listen_addresses=127.0.0.1 -k '{folder}' -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off")
+        options = _options(port, folder)
         start = run(os.path.join(bindir, "pg_ctl"), "-D", data, "-l", log, "-w", "-t", "60",
                     "-o", options, "start")
         if start.returncode == 0:
@@ -234,7 +272,8 @@ def postgres_server() -> Iterator[PostgresServer]:
             bindir = _copy_wheel(binaries.wheel, folder)
         port = _start_server(bindir, folder, password, run_as)
         started = True
-        yield PostgresServer(f"postgresql://safs:{password}@127.0.0.1:{port}/postgres")
+        yield PostgresServer(f"postgresql://safs:{password}@127.0.0.1:{port}/postgres",
+                             control=_Control(bindir, folder, _options(port, folder), run_as))
     finally:
         if started:
             subprocess.run([os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],

@@ -4,6 +4,7 @@ Runs in CI on the newest Optuna and again on the oldest that setup.cfg admits.
 """
 
 import optuna
+import pytest
 import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -70,3 +71,12 @@ def test_a_claimed_queued_trial_is_that_trial_and_records_heartbeats(tmp_path):
     study.tell(trial, 1.0)
     assert study.trials[0].params == {"x": 2} and study.trials[0].value == 1.0
     assert op.heartbeat_interval(optuna.storages.InMemoryStorage()) is None
+
+
+def test_updating_a_finished_trial_raises_what_the_package_catches(tmp_path):
+    study = _study(tmp_path)
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    storage = op.storage_of(study)
+    with pytest.raises(op.UpdateFinishedTrialError):
+        storage.set_trial_state_values(op.trial_id(trial), state=optuna.trial.TrialState.FAIL)

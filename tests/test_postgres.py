@@ -138,3 +138,45 @@ def test_pipeline_with_two_workers_on_postgres_then_status_and_report(postgres_s
     assert workers == {1, 2}
     assert not list(tmp_path.rglob("*.db*")) and not (tmp_path / "tiny.db").exists()
     assert (tmp_path / "tiny.artifacts").is_dir()  # checkpoints stay in the (shared) folder
+
+
+@pytest.mark.slow
+def test_two_workers_wait_out_a_server_restart_and_finish(postgres_server, tmp_path):
+    """The server stops for 15 s while the workers train: both wait (one line when the outage
+    begins, one when it ends, per worker), then go on; the run exits 0 with every budget spent
+    exactly, nothing duplicated or left running, no trial failed as stale."""
+    url = postgres_server.new_database(user="safs_user", password=PASSWORD)
+    cfg = write_config(tmp_path, trials=3)
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "safs_optuna.cli", "run", str(cfg), "--workers", "2",
+                                 "--storage", url], stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path)
+    try:
+        deadline = time.time() + 400
+        # Both workers are in: one trains the baseline or a candidate while the other waits or trains.
+        while time.time() < deadline and not ("w2]" in log.read_text() and "baseline: started" in log.read_text()):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        postgres_server.stop()
+        time.sleep(15)
+        postgres_server.start()
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    assert text.count("connection lost") == 2, text[-4000:]  # one per worker process
+    assert text.count("connection back after") == 2, text[-4000:]
+    assert PASSWORD not in text and ":***@127.0.0.1" in text
+
+    storage = make_storage(url)
+    budgets = {"activations": 3, "hpo": 3, "hpo-relu": 3}
+    for stage in STAGES:
+        trials = optuna.load_study(study_name=f"tiny/{stage}", storage=storage).get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        assert TrialState.RUNNING not in states and TrialState.WAITING not in states, (stage, states)
+        assert TrialState.FAIL not in states, (stage, states)  # nothing was taken for a dead worker
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == budgets.get(stage, 1), (stage, states)
+        assert len({t.number for t in trials}) == len(trials)

@@ -65,6 +65,20 @@ def check_storage(url: str, ctx: Context) -> str:
     return url  # servers are used as given
 
 
+def check_artifacts(location: Any, ctx: Context) -> str | None:
+    """An object store URL (``s3://``, ``gs://``), checked and used as given; ``None`` for
+    anything else (a folder, resolved like every path)."""
+    from safs_optuna.object_store import parse_bucket_url
+
+    if not isinstance(location, str) or _URL.fullmatch(location) is None:
+        return None
+    try:
+        parse_bucket_url(location)
+    except ValueError as exc:
+        ctx.fail("artifacts", str(exc))
+    return location
+
+
 def _model(c: ModelConfig, ctx: Context, prefix: str) -> ModelConfig:
     from safs_optuna.models import MODELS
     from safs_optuna.sources import is_import_path

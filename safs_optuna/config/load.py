@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .checks import SECTION_CHECKS, check_storage
+from .checks import SECTION_CHECKS, check_artifacts, check_storage
 from .errors import ConfigError, type_name
 from .schema import StudyConfig
 from .walker import Context, build, keys, tables, value
@@ -122,7 +122,8 @@ def _parse(
     name = value(*top["name"][:2], data["name"], "name", ctx)
     storage = data.get("storage", f"sqlite:///{base_dir / (name + '.db')}")
     storage = check_storage(value(*top["storage"][:2], storage, "storage", ctx), ctx)
-    artifacts = value(*top["artifacts"][:2], data.get("artifacts", f"{name}.artifacts"), "artifacts", ctx)
+    artifacts = data.get("artifacts", f"{name}.artifacts")
+    artifacts = check_artifacts(artifacts, ctx) or value(*top["artifacts"][:2], artifacts, "artifacts", ctx)
     given = {"name": name, "storage": storage, "artifacts": artifacts,
              "path": Path(os.path.abspath(path)) if path is not None else None}
     return build(StudyConfig, data, "", ctx, SECTION_CHECKS, given)

@@ -315,7 +315,8 @@ class StudyConfig:
     storage: str = key(doc="database URL: sqlite:///<file> (relative to the config) or a server's",
                        computed="sqlite:///<config folder>/<name>.db",
                        note=f"schemes {', '.join(STORAGE_SCHEMES)}, each with an optional +driver")
-    artifacts: str = key(doc="folder of checkpoints and plots", path="any",
+    artifacts: str = key(doc="folder of checkpoints and plots, or an object store: s3://bucket/prefix, "
+                             "gs://bucket/prefix", path="any",
                          computed="<config folder>/<name>.artifacts")
     seed: int = key(0, "seed of every stage", range=(0, SEED_LIMIT), closed="[)",
                     note="numpy's seeds")
@@ -324,6 +325,9 @@ class StudyConfig:
                        range=(0, 1024), note="0 = automatic")
     lend_threads: bool = key(True, "a waiting worker lends its threads to working ones on this machine")
     ablations: bool = key(True, 'also run the "stage 1 alone" and "stage 2 alone" columns')
+    storage_retry_seconds: int = key(300, "seconds a worker waits out an outage of the storage or the "
+                                          "artifact store", range=(0, 86_400),
+                                     note="0 = a lost connection stops the worker at once")
     model: ModelConfig = key(doc="the network", factory=ModelConfig)
     data: DataConfig = key(doc="the dataset", factory=DataConfig)
     sparsity: SparsityConfig = key(doc="network pruning", factory=SparsityConfig)

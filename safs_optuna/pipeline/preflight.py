@@ -67,6 +67,13 @@ def preflight(cfgs: Sequence[StudyConfig], code: UserCode | None = None,
 
 
 def _check_artifacts(cfg: StudyConfig, where: object) -> None:
+    from ..object_store import is_bucket_url
+    from ..storage import check_artifacts
+
+    if is_bucket_url(cfg.artifacts):  # a small object is written and removed: one line if it cannot
+        # Not waited out: a store out of reach when a worker starts stops it, as the database does.
+        check_artifacts(cfg.artifacts, retry_seconds=0)
+        return
     art = Path(cfg.artifacts)
     if art.exists() and not art.is_dir():
         raise InputError(f"{where}: artifacts: {art} is a file, not a folder; point artifacts at a folder", 1)

@@ -68,7 +68,7 @@ class Resources:
     def __init__(self, cfg: StudyConfig, code: UserCode | None = None, trials: StatusReader | None = None) -> None:
         self.cfg = cfg
         self.code = code or UserCode()
-        self.artifacts = make_artifact_store(cfg.artifacts)
+        self.artifacts = make_artifact_store(cfg.artifacts, cfg.storage_retry_seconds)
         self._trials = trials
         self._splits: data_mod.Splits | None = None
         self._subsets: dict[float, data_mod.Splits] = {}

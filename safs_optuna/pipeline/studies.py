@@ -35,7 +35,8 @@ __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", 
 
 REQUEUE_ATTR = "requeued_after"  # user attr of a "once" trial queued again: the failed trial's number
 # What may change between runs of one study without invalidating what is stored.
-RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path", "data.loader_workers")
+RUNTIME_KEYS = ("storage", "artifacts", "device", "threads", "lend_threads", "path", "data.loader_workers",
+                "storage_retry_seconds")
 # User attr of a resumable once-stage's trial (gradual pruning), rewritten after every epoch:
 # {"epoch": epochs done, "checkpoint": artifact id of the model then, "schedule": per-epoch record}.
 PROGRESS_ATTR = "progress"

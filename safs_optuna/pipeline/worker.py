@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from ..allocator import retain_freed_memory
 from ..config import StudyConfig
-from ..optuna_private import claimed_trial, heartbeat_interval, record_heartbeat, trial_id
+from ..optuna_private import UpdateFinishedTrialError, claimed_trial, heartbeat_interval, record_heartbeat, trial_id
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, make_storage
 from ..training import UserFitError
 from .bodies import BODIES
@@ -101,7 +101,7 @@ class Pipeline:
         self.log = WorkerLog(cfg.name, worker, log)
         self.stages = all_stages(cfg)
         storage = make_storage(cfg.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                               create=create)
+                               create=create, retry_seconds=cfg.storage_retry_seconds)
         # The resources read the stages' results on their own, so they never call back into the studies.
         self.res = Resources(cfg, UserCode.from_config(cfg, code), StatusReader(cfg, storage))
         self.studies = Studies(cfg, self.stages, storage, self.res, grace_period)
@@ -181,7 +181,7 @@ class Pipeline:
             try:
                 if not storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
                     continue
-            except optuna.exceptions.UpdateFinishedTrialError:
+            except UpdateFinishedTrialError:
                 continue
             trial = claimed_trial(study, trial_id(frozen))
             other = self.studies.requeued_twice(study, frozen)
