@@ -14,8 +14,9 @@ Reported per run: finished trials per second (wall time from the first ask to th
 p50/p95 latency of ``ask`` and ``tell``, and the counts that must be exact — trials finished
 (COMPLETE or PRUNED) against the budget, trials run by two workers (duplicates), trials a worker
 asked for that did not finish (lost), and trials left RUNNING. A worker stops as the pipeline's
-does, when finished + running trials reach the budget; "beyond budget" counts the trials that
-workers started in the same instant as the last ones (the pipeline's check is not atomic).
+does, when finished + running trials reach the budget; workers that ask in the same instant for
+the last places all see one left, and as in the pipeline the trial numbers decide: a trial asked
+for beyond the budget fails unrun ("failed unrun"), so exactly the budget finishes.
 
 Writes benchmarks/results/storage_load.md (``--out``).
 
@@ -64,8 +65,9 @@ def _objective(trial, wid: int) -> float:
 
 def _worker(url: str, name: str, budget: int, wid: int, out: str, go: "multiprocessing.Event") -> None:
     import optuna
-    from optuna.storages._heartbeat import get_heartbeat_thread
 
+    from safs_optuna.optuna_private import record_heartbeat, storage_of, trial_id
+    from safs_optuna.pipeline.status import BEYOND_BUDGET_ATTR, places_before
     from safs_optuna.pruners import IncumbentPruner
     from safs_optuna.ranking import trial_score
     from safs_optuna.samplers import LAHCSampler
@@ -88,15 +90,20 @@ def _worker(url: str, name: str, budget: int, wid: int, out: str, go: "multiproc
         t0 = time.perf_counter()
         trial = study.ask()
         t1 = time.perf_counter()
-        with get_heartbeat_thread(trial._trial_id, study._storage):
-            try:
-                value, state = _objective(trial, wid), optuna.trial.TrialState.COMPLETE
-            except optuna.TrialPruned:
-                value, state = None, optuna.trial.TrialState.PRUNED
+        if places_before(study.get_trials(deepcopy=False), trial.number) >= budget:
+            # As the search body: asked for after the budget's last places were taken, failed unrun.
+            trial.set_user_attr(BEYOND_BUDGET_ATTR, "taken")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        record_heartbeat(storage_of(study), trial_id(trial))
+        try:
+            value, state = _objective(trial, wid), optuna.trial.TrialState.COMPLETE
+        except optuna.TrialPruned:
+            value, state = None, optuna.trial.TrialState.PRUNED
         t2 = time.perf_counter()
         study.tell(trial, value, state=state)
         t3 = time.perf_counter()
-        rows.append({"id": trial._trial_id, "number": trial.number, "ask": t1 - t0, "tell": t3 - t2,
+        rows.append({"id": trial_id(trial), "number": trial.number, "ask": t1 - t0, "tell": t3 - t2,
                      "start": time.time() - (t3 - t0), "end": time.time()})
     with open(out, "w") as f:
         json.dump(rows, f)
@@ -148,10 +155,13 @@ def run_once(url: str, workers: int, budget: int, outage: float, server, tmp: Pa
     wall = time.time() - start
     codes = [p.exitcode for p in procs]
     rows = [r for o in outs if Path(o).exists() for r in json.loads(Path(o).read_text())]
+    from safs_optuna.optuna_private import trial_id
+    from safs_optuna.pipeline.status import BEYOND_BUDGET_ATTR
+
     final = make_storage(url)
     trials = final.get_all_trials(final.get_study_id_from_name(name), deepcopy=False)
     final.engine.dispose()
-    by_id = {t._trial_id: t for t in trials}
+    by_id = {trial_id(t): t for t in trials}
     told = [r["id"] for r in rows]
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     first = min((r["start"] for r in rows), default=start)
@@ -160,11 +170,12 @@ def run_once(url: str, workers: int, budget: int, outage: float, server, tmp: Pa
     return {
         "label": label, "workers": workers, "budget": budget, "outage": outage, "restart_at": restart,
         "exit_codes_ok": all(c == 0 for c in codes), "failed_workers": sum(c != 0 for c in codes),
-        "finished": len(finished), "beyond_budget": max(0, len(finished) - budget),
+        "finished": len(finished),
+        "beyond_budget": sum(t.state.name == "FAIL" and BEYOND_BUDGET_ATTR in t.user_attrs for t in trials),
         "duplicates": len(told) - len(set(told)),
         "lost": sum(1 for i in set(told) if not by_id[i].state.name in ("COMPLETE", "PRUNED")),
         "running": sum(t.state.name == "RUNNING" for t in trials),
-        "failed": sum(t.state.name == "FAIL" for t in trials),
+        "failed": sum(t.state.name == "FAIL" and BEYOND_BUDGET_ATTR not in t.user_attrs for t in trials),
         "trials_per_s": len(finished) / max(1e-9, last - first), "wall": wall,
         "ask_p50": _percentile(asks, 0.5), "ask_p95": _percentile(asks, 0.95),
         "tell_p50": _percentile(tells, 0.5), "tell_p95": _percentile(tells, 0.95),
@@ -216,7 +227,7 @@ class Server:
 
 # ---------------------------------------------------------------------------- the report
 def _row(r: dict) -> str:
-    ok = (r["exit_codes_ok"] and r["finished"] >= r["budget"] and not r["duplicates"] and not r["lost"]
+    ok = (r["exit_codes_ok"] and r["finished"] == r["budget"] and not r["duplicates"] and not r["lost"]
           and not r["running"])
     restart = f"{r['outage']:.0f} s at {r['restart_at'] - r['outage']:.0f} s" if r["outage"] else "—"
     return (f"| {r['label']} | {r['workers']} | {restart} | {r['trials_per_s']:.1f} | "
@@ -248,12 +259,13 @@ def write_report(results: list[dict], args: argparse.Namespace, out: Path) -> No
         "Each worker runs a search stage's logic with a trivial objective (no training): the budget "
         "check, `ask` (LAHC over 4 sites x 14 operators), heartbeats, two reported epochs with the "
         "incumbent pruner, user attributes, `tell`. Trials/s is finished trials over the wall time from "
-        "the first `ask` to the last `tell`; ask and tell in ms (p50 / p95). 'Beyond budget' counts "
-        "trials started in the same instant as the last ones by the stage's non-atomic budget check "
-        "(they finish and are kept); 'ok' means every worker exited 0, the budget finished, and there "
-        "were no duplicates, lost or running trials.",
+        "the first `ask` to the last `tell`; ask and tell in ms (p50 / p95). 'Failed unrun' counts "
+        "trials asked for in the same instant as the budget's last ones: as in the pipeline, the "
+        "storage's trial numbers decide who gets the last places and the others fail without running; "
+        "'ok' means every worker exited 0, exactly the budget finished, and there were no duplicates, "
+        "lost or running trials.",
         "",
-        "| storage | workers | restart | trials/s | ask ms | tell ms | finished | beyond budget | "
+        "| storage | workers | restart | trials/s | ask ms | tell ms | finished | failed unrun | "
         "duplicates | lost | left running | failed | ok |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -257,3 +257,27 @@ def test_a_study_stored_before_a_config_key_existed_resumes_at_its_default(cfg):
     study.set_user_attr("config", stored)
     with pytest.raises(PipelineError, match=r"sparsity.ratio: stored 0.5, config 0.99"):
         Pipeline(cfg, log=lambda msg: None).studies.study("dense")
+
+
+def test_a_search_trial_asked_for_after_the_budget_was_taken_fails_unrun(cfg):
+    from safs_optuna.pipeline.bodies import BeyondBudget, search
+    from safs_optuna.pipeline.status import BEYOND_BUDGET_ATTR
+
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    pipe.studies.prepare()
+    stage = next(s for s in pipe.stages if s.name == "hpo")
+    study = pipe.studies.study(stage)
+    # Three workers asked at once for the budget's three places (the queued start point is one).
+    held = [study.ask() for _ in range(3)]
+    assert [t.number for t in held] == [0, 1, 2]
+    late = study.ask()
+    with pytest.raises(BeyondBudget, match="budget of 3 trials was taken"):
+        search(pipe, stage, late)
+    study.tell(late, state=TrialState.FAIL)
+    assert pipe.studies.status(stage).failed == 0  # nothing went wrong: no failure to show
+    frozen = study.get_trials(deepcopy=False)[late.number]
+    assert BEYOND_BUDGET_ATTR in frozen.user_attrs
+    # A worker that dies frees its place: a trial asked for later takes it.
+    study.tell(held[1], state=TrialState.FAIL)
+    assert pipe.studies.places_before(study, stage, late.number + 1) == 2
+    assert pipe.studies.status(stage).failed == 1

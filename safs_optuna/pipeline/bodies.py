@@ -29,16 +29,20 @@ from .gradual import prune_gradually
 from .logs import epoch_line, shown
 from .protocols import hparams_from_params, suggest_hparams
 from .stages import Body, Searches, Stage
-from .status import INPUTS_ATTR
+from .status import BEYOND_BUDGET_ATTR, INPUTS_ATTR
 from .studies import PipelineError
 
 if TYPE_CHECKING:
     from .worker import Pipeline
 
-__all__ = ["BODIES", "protocol", "train_dense", "finetune", "search", "sparsify", "trees"]
+__all__ = ["BODIES", "BeyondBudget", "protocol", "train_dense", "finetune", "search", "sparsify", "trees"]
 
 
 # ----------------------------------------------------------------- what the bodies share
+class BeyondBudget(Exception):
+    """A search trial asked for after other workers took the budget's last places: failed unrun."""
+
+
 def trees(pipe: Pipeline, stage: Stage) -> dict[str, OperatorTree]:
     """The activation at every site that ``stage`` trains with (``Stage.trees_from``)."""
     out = pipe.res.own_trees()
@@ -201,6 +205,12 @@ def finetune(pipe: Pipeline, stage: Stage, trial: optuna.Trial) -> float:
 def search(pipe: Pipeline, stage: Stage, trial: optuna.Trial) -> float:
     """One search trial: draw what the stage searches, fine-tune briefly, score on val."""
     cfg, res = pipe.cfg, pipe.res
+    budget = pipe.studies.budget(stage)
+    if pipe.studies.places_before(pipe.studies.study(stage), stage, trial.number) >= budget:
+        # Workers that ask at the same moment can all see a place left; the storage's trial
+        # numbers decide who gets the last ones, and this trial is not run.
+        trial.set_user_attr(BEYOND_BUDGET_ATTR, f"the stage's {budget} trials were taken by other workers")
+        raise BeyondBudget(f"{stage.name} #{trial.number}: the budget of {budget} trials was taken")
     _working(pipe)
     if stage.searches == Searches.TREES:
         model = res.fresh({})  # the sparse model already holds the network's own activations

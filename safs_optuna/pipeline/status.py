@@ -3,7 +3,9 @@ whether a finished search found anything."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -13,10 +15,11 @@ from ..ranking import left_chance, trial_score
 from .fidelity import FIDELITY_ATTR, FIDELITY_WHY_ATTR, START_ATTR, configured_epochs
 from .stages import Kind, Stage, stage as stage_of
 
-__all__ = ["FINISHED", "INPUTS_ATTR", "START_ATTR", "StageStatus", "StatusReader"]
+__all__ = ["BEYOND_BUDGET_ATTR", "FINISHED", "INPUTS_ATTR", "START_ATTR", "StageStatus", "StatusReader", "places_before"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 INPUTS_ATTR = "inputs"  # user attr: the upstream winners a trial ran with, {stage: trial number}
+BEYOND_BUDGET_ATTR = "beyond_budget"  # user attr of a search trial asked for after the budget was taken
 USER_FIT_ERROR = "UserFitError"  # how the "error" attr of a trial the user's loop failed begins
 
 
@@ -55,6 +58,29 @@ class StageStatus:
         return self.exists and self.spent >= self.budget
 
 
+def places_before(trials: Sequence[FrozenTrial], number: int, inputs: Any = None) -> int:
+    """Places of a search stage's budget held by the trials numbered below ``number``: running,
+    waiting, finished with the current upstream winners ``inputs``, or failed by the user's loop.
+
+    Trial numbers are handed out atomically by the storage, so the first ``budget`` such trials
+    run and a trial whose count reaches the budget is beyond it: workers that asked at the same
+    moment all saw a place left, and the numbers decide who gets the last ones.
+    """
+    def holds(t: FrozenTrial) -> bool:
+        if not t.state.is_finished():
+            return True
+        if t.user_attrs.get(INPUTS_ATTR, inputs) != inputs:
+            return False
+        return t.state in FINISHED or str(t.user_attrs.get("error", "")).startswith(USER_FIT_ERROR)
+
+    return sum(1 for t in trials if t.number < number and holds(t))
+
+
+def failures(trials: list[FrozenTrial]) -> int:
+    """Failed trials, less those failed unrun because the budget was taken (nothing went wrong)."""
+    return sum(1 for t in trials if t.state == TrialState.FAIL and BEYOND_BUDGET_ATTR not in t.user_attrs)
+
+
 class StatusReader:
     """Reads where the stages of one config stand in ``storage``; writes nothing.
 
@@ -72,6 +98,11 @@ class StatusReader:
     def budget(self, stage: Stage) -> int:
         """Trials the stage runs: the configured number for a search, one for a "once" stage."""
         return getattr(self.cfg, stage.section).trials if stage.kind == Kind.SEARCH else 1
+
+    def places_before(self, study: optuna.Study, stage: Stage, number: int) -> int:
+        """Places of ``stage``'s budget held by its trials numbered below ``number`` (see
+        :func:`places_before`)."""
+        return places_before(study.get_trials(deepcopy=False), number, self.inputs(stage))
 
     def status(self, stage: Stage | str) -> StageStatus:
         """Where ``stage`` stands now (a fresh read of the storage)."""
@@ -100,7 +131,7 @@ class StatusReader:
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
         ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
         st = StageStatus(stage, True, count(*FINISHED), count(TrialState.RUNNING),
-                         count(TrialState.WAITING), count(TrialState.FAIL), self.budget(stage),
+                         count(TrialState.WAITING), failures(trials), self.budget(stage),
                          best.value if best else None, best, min(starts, default=None), max(ends, default=None))
         st.superseded = superseded
         failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("error")]

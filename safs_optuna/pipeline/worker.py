@@ -21,7 +21,7 @@ from ..config import StudyConfig
 from ..optuna_private import UpdateFinishedTrialError, claimed_trial, heartbeat_interval, record_heartbeat, trial_id
 from ..storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, make_storage
 from ..training import UserFitError
-from .bodies import BODIES
+from .bodies import BODIES, BeyondBudget
 from .cores import CorePool
 from .fidelity import START_ATTR, known_epochs
 from .logs import WorkerLog, shown
@@ -216,8 +216,15 @@ class Pipeline:
         study = self.studies.study(stage)
         if known_epochs(self.cfg, stage, study)[0] is None and not self._start_waiting(study):
             return False  # "auto" epochs: the start trial, running elsewhere, measures them first
-        study.optimize(functools.partial(BODIES[stage.body], self, stage), n_trials=1, gc_after_trial=False,
-                       catch=(UserFitError,))
+        # Optuna's own line for a failed trial goes: the body logs its failures, and a trial failed
+        # unrun beyond the budget is no failure to show.
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            study.optimize(functools.partial(BODIES[stage.body], self, stage), n_trials=1, gc_after_trial=False,
+                           catch=(UserFitError, BeyondBudget))
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         self._check_fit_errors(stage)
         return True
 
