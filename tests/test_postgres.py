@@ -142,7 +142,7 @@ def test_pipeline_with_two_workers_on_postgres_then_status_and_report(postgres_s
 
 @pytest.mark.slow
 def test_two_workers_wait_out_a_server_restart_and_finish(postgres_server, tmp_path):
-    """The server stops for 15 s while the workers train: both wait (one line when the outage
+    """The server stops for 20 s (the heartbeat grace period) while the workers train: both wait (one line when the outage
     begins, one when it ends, per worker), then go on; the run exits 0 with every budget spent
     exactly, nothing duplicated or left running, no trial failed as stale."""
     url = postgres_server.new_database(user="safs_user", password=PASSWORD)
@@ -158,7 +158,7 @@ def test_two_workers_wait_out_a_server_restart_and_finish(postgres_server, tmp_p
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
         postgres_server.stop()
-        time.sleep(15)
+        time.sleep(20)
         postgres_server.start()
         proc.wait(timeout=600)
     finally:
@@ -176,7 +176,8 @@ def test_two_workers_wait_out_a_server_restart_and_finish(postgres_server, tmp_p
         trials = optuna.load_study(study_name=f"tiny/{stage}", storage=storage).get_trials(deepcopy=False)
         states = [t.state for t in trials]
         assert TrialState.RUNNING not in states and TrialState.WAITING not in states, (stage, states)
-        assert TrialState.FAIL not in states, (stage, states)  # nothing was taken for a dead worker
+        # Nothing was taken for a dead worker (a trial asked for beyond the budget fails unrun).
+        assert all(t.state != TrialState.FAIL or "beyond_budget" in t.user_attrs for t in trials), (stage, states)
         finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         assert len(finished) == budgets.get(stage, 1), (stage, states)
         assert len({t.number for t in trials}) == len(trials)
