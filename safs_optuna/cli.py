@@ -300,6 +300,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .pipeline.compute import compute_line
     from .pipeline.results import density_table
     from .storage import check_artifacts, redact
 
@@ -345,6 +346,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 notes.append(f"{stage.name}: {st.failed} failed; last, {st.last_error}")
         for note in notes:
             print(note)
+        print(compute_line(pipe))
         density = density_table(pipe)
         if density:
             print("\n" + density)
@@ -370,6 +372,7 @@ def _watch(cfgs: list, interval: float) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .pipeline.compute import compute_line
     from .pipeline.results import column_trials, density_table
 
     cfgs = _configs(args)
@@ -379,6 +382,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"## {cfg.name}: {cfg.model.name} on {cfg.data.name}, sparsity {cfg.sparsity.ratio:g} "
           f"({cfg.sparsity.scope}){seeds}; test accuracy %\n")
     print(_results(pipes))
+    for pipe in pipes:
+        print("\n" + (f"{pipe.cfg.name}: " if len(pipes) > 1 else "") + compute_line(pipe))
     density = density_table(pipes[0])
     if density:
         print("\n" + density + (" (seed {})".format(pipes[0].cfg.seed) if len(pipes) > 1 else ""))

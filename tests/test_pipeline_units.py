@@ -281,3 +281,31 @@ def test_a_search_trial_asked_for_after_the_budget_was_taken_fails_unrun(cfg):
     study.tell(held[1], state=TrialState.FAIL)
     assert pipe.studies.places_before(study, stage, late.number + 1) == 2
     assert pipe.studies.status(stage).failed == 1
+
+
+def test_compute_per_column_counts_the_stage_and_the_searches_before_it(cfg):
+    from safs_optuna.pipeline.compute import Compute, column_compute, compute_line
+
+    pipe = Pipeline(cfg, log=lambda msg: None)
+    pipe.studies.prepare()
+
+    def add(stage, epochs, images, state=TrialState.COMPLETE, once=True):
+        # A "once" trial records the epochs it trained; a search trial's are its reported epochs.
+        attrs = {"train_images": images, **({"trained_epochs": epochs} if once else {})}
+        steps = {} if once else {e: 10.0 + e for e in range(epochs)}
+        pipe.studies.study(stage).add_trial(optuna.trial.create_trial(
+            state=state, value=20.0 if state == TrialState.COMPLETE else None, user_attrs=attrs,
+            intermediate_values=steps, params={}, distributions={}))
+
+    add("baseline", 6, 9000)
+    add("activations", 3, 900, once=False)
+    add("activations", 1, 900, state=TrialState.PRUNED, once=False)
+    add("stage1", 6, 9000)
+    columns = column_compute(pipe)
+    assert columns["magnitude pruning"].epochs == 6 and columns["magnitude pruning"].images == 54000
+    assert columns["stage 1"] == Compute(10, 6 * 9000 + 4 * 900, columns["stage 1"].seconds)
+    assert columns["stage 1"].fine_tunes(columns["magnitude pruning"]) == pytest.approx((54000 + 3600) / 54000)
+    assert columns["SAFS"].epochs == 4  # the final fine-tune has not run; the activation search has
+    assert columns["total"].epochs == 16
+    line = compute_line(pipe)
+    assert "stage 1 1.1 fine-tunes, 10 epochs" in line and "total 2.1 fine-tunes, 16 epochs" in line

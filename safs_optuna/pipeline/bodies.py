@@ -24,6 +24,7 @@ from ..pruners import REASON_ATTR
 from ..sparsity import sparsity_report
 from ..storage import staging
 from ..training import DivergedError, EpochStats, FitResult, HParams, UserFitError, evaluate, fit, fit_with
+from .compute import TRAIN_IMAGES_ATTR, TRAINED_EPOCHS_ATTR
 from .fidelity import record_auto_epochs, trial_epochs
 from .gradual import prune_gradually
 from .logs import epoch_line, shown
@@ -133,8 +134,11 @@ def _val_score(pipe: Pipeline, model: nn.Module) -> float:
 
 
 def _finish_once(pipe: Pipeline, stage: Stage, trial: optuna.Trial, model: nn.Module, result: FitResult,
-                 learn_scale: bool, hp: HParams, epochs: int) -> float:
-    """Record a "once" trial's results (test score, density per layer, protocol), store its model."""
+                 learn_scale: bool, hp: HParams, epochs: int, trained: int | None = None) -> float:
+    """Record a "once" trial's results (test score, density per layer, protocol, the epochs it
+    trained: ``trained``, else its fit's), store its model."""
+    trial.set_user_attr(TRAINED_EPOCHS_ATTR, len(result.history) if trained is None else trained)
+    trial.set_user_attr(TRAIN_IMAGES_ATTR, len(pipe.res.splits.train))
     test = _test_score(pipe, model)
     layers = sparsity_report(model).layers
     _record(pipe, trial, model, {"test_accuracy": round(test, 4),
@@ -184,7 +188,9 @@ def sparsify(pipe: Pipeline, stage: Stage, trial: optuna.Trial) -> float:
         model = res.dense_model()
         res.prune(model, cfg.sparsity.ratio)
         val = _val_score(pipe, model)
-    value = _finish_once(pipe, stage, trial, model, FitResult(val, max(0, epochs - 1), []), False, hp, epochs)
+    trained = 0 if cfg.sparsity.checkpoint else epochs  # gradual pruning's epochs; one shot trains none
+    value = _finish_once(pipe, stage, trial, model, FitResult(val, max(0, epochs - 1), []), False, hp, epochs,
+                         trained=trained)
     res.drop_progress(progress)  # only now: the stage's checkpoint replaces it
     return value
 
@@ -222,6 +228,7 @@ def search(pipe: Pipeline, stage: Stage, trial: optuna.Trial) -> float:
     trial.set_user_attr(INPUTS_ATTR, pipe.studies.inputs(stage))
     _record(pipe, trial, model)
     splits = res.search_splits(getattr(cfg, stage.section).fraction)
+    trial.set_user_attr(TRAIN_IMAGES_ATTR, len(splits.train))
     study = pipe.studies.study(stage)
     epochs, until = trial_epochs(cfg, stage, study, trial, splits.val, pipe.log)
     label = f"{stage.name} #{trial.number}"

@@ -15,6 +15,7 @@ from ..models import sites
 from ..optuna_private import study_id
 from ..report import COLUMNS, ResultRow, dashboard_note, markdown_table, mean_row, paper_row
 from ..storage import staging
+from .compute import compute_line
 from .stages import Body, Stage
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def write_note(pipe: Pipeline, plot: bool = False) -> None:
     model, _ = res.load(final.name)
     acts = {site: model.get_submodule(site) for site in sites(model)}
     existing = optuna.artifacts.get_all_artifact_meta(study)
-    text = table(pipe) + "\n\n" + density_table(pipe)
+    text = table(pipe) + "\n\n" + compute_line(pipe) + "\n\n" + density_table(pipe)
     found = warnings(pipe)
     note, svg = dashboard_note(pipe.cfg, text, found, acts, existing[0].artifact_id if existing else None,
                                study_id(study))
