@@ -128,7 +128,7 @@ def test_status_names_a_bucket_it_cannot_write(s3, tmp_path, capsys):
     from safs_optuna.config import load_config
     from safs_optuna.pipeline import Pipeline
 
-    Pipeline(load_config(cfg)).prepare_studies()
+    Pipeline(load_config(cfg)).studies.prepare()
     assert main(["status", str(cfg), "--set", "artifacts=s3://no-such-bucket-here/x"]) == 1
     out = capsys.readouterr()
     assert "cannot write to bucket 'no-such-bucket-here'" in out.err

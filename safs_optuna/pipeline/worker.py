@@ -8,6 +8,7 @@ the storage.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,11 @@ MAX_FIT_ERRORS = 3
 DUPLICATE_ATTR = "duplicate_of"
 """User attr of a once-stage trial left unrun (FAIL) because trial N of the stage already ran."""
 
+
+
+def _hide_beyond_budget(record: logging.LogRecord) -> bool:
+    """Drop Optuna's "Trial N failed" line for a trial failed unrun beyond the budget."""
+    return BeyondBudget.__name__ not in record.getMessage()
 
 class _Heartbeat:
     """Record heartbeats for a claimed trial, as ``study.optimize`` does for its own trials."""
@@ -216,15 +222,15 @@ class Pipeline:
         study = self.studies.study(stage)
         if known_epochs(self.cfg, stage, study)[0] is None and not self._start_waiting(study):
             return False  # "auto" epochs: the start trial, running elsewhere, measures them first
-        # Optuna's own line for a failed trial goes: the body logs its failures, and a trial failed
-        # unrun beyond the budget is no failure to show.
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        # A trial failed unrun beyond the budget is no failure to show: Optuna's own line for it goes,
+        # and its lines for every other failure (a user loop's error, a Ctrl-C) stay.
+        logger = optuna.logging.get_logger("optuna")
+        logger.addFilter(_hide_beyond_budget)
         try:
             study.optimize(functools.partial(BODIES[stage.body], self, stage), n_trials=1, gc_after_trial=False,
                            catch=(UserFitError, BeyondBudget))
         finally:
-            optuna.logging.set_verbosity(verbosity)
+            logger.removeFilter(_hide_beyond_budget)
         self._check_fit_errors(stage)
         return True
 
