@@ -3,7 +3,8 @@
 Runs the whole pipeline of ``studies/quickstart.toml`` (LeNet-5, 99 % of every layer's weights
 removed, the quick start's budgets) once per (dataset, variant, seed) and writes
 ``benchmarks/results/search_signal.md``: per dataset and variant, the test accuracy of the
-baseline ("magnitude pruning"), stage 1, stage 2 and SAFS as mean ± sd over the seeds, how many
+baseline ("magnitude pruning"), stage 1, stage 2, SAFS and ReLU fine-tuned for as many training
+images as stages 1 and 2 spent together ("ReLU, same compute") as mean ± sd over the seeds, how many
 stage-1 candidates left chance level, the stage-1 epochs spent, and in how many seeds the
 stage-1 winner differs from the network's own activation (ReLU).
 
@@ -48,8 +49,10 @@ from bench_args import fmt as _fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "studies" / "quickstart.toml"
-STAGES = ("dense", "baseline", "stage1", "stage2", "final")
-HEADERS = ("dense", "magnitude pruning", "stage 1", "stage 2", "SAFS")
+STAGES = ("dense", "baseline", "stage1", "stage2", "final", "baseline-long")
+HEADERS = ("dense", "magnitude pruning", "stage 1", "stage 2", "SAFS", "ReLU, same compute")
+# Every variant also fine-tunes ReLU for as many images as stages 1 and 2 trained ("baseline-long").
+SAME_COMPUTE = ["baseline_long=true"]
 BEFORE_SETTINGS = ["activations.epochs=2", 'activations.pruner="divergence"', 'activations.preset="safs"',
                    "hpo.space.learn_scale=[true, false]", 'hpo.pruner="divergence+hyperband"']
 VARIANTS = {
@@ -73,6 +76,8 @@ def _run(workdir: Path, dataset: str, variant: str, seed: int, overrides: list[s
     if variant == "before":
         old = Path(before) / "studies" / "quickstart.toml" if before else None
         config, extra = (old, []) if old is not None and old.exists() else (CONFIG, BEFORE_SETTINGS)
+    if config == CONFIG:  # an earlier checkout's config may not know the key
+        extra = extra + SAME_COMPUTE
     sets = overrides + extra + [f"seed={seed}", f'name="{name}"', f'artifacts="{workdir / (name + ".artifacts")}"']
     cmd = [sys.executable, "-m", "safs_optuna.cli", "run", str(config), "--storage", f"sqlite:///{db}",
            "--threads", "1", "--device", device]
@@ -105,9 +110,15 @@ def _read(db: Path, name: str) -> dict:
     url = f"sqlite:///{db}"
     out: dict = {}
     for stage in STAGES:
-        study = optuna.load_study(study_name=f"{name}/{stage}", storage=url)
+        try:
+            study = optuna.load_study(study_name=f"{name}/{stage}", storage=url)
+        except KeyError:  # a run made before the stage existed, or without it
+            out[stage] = None
+            continue
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         out[stage] = done[-1].user_attrs.get("test_accuracy") if done else None
+        if stage == "baseline-long" and done:
+            out["epochs_same_compute"] = done[-1].user_attrs.get("epochs")
         if stage == "stage1" and done:
             formulas = set(done[-1].user_attrs.get("formulas", {}).values())
             out["winner"] = sorted(formulas)
@@ -145,6 +156,12 @@ def _budget() -> str:
             f"epochs; {c.hpo.trials} + {c.hpo.trials} stage-2 trials × {hpo}; {c.final.epochs}-epoch fine-tunes")
 
 
+def _same(r: dict) -> str:
+    if r.get("baseline-long") is None:
+        return "—"
+    return f"{r['baseline-long']} ({r.get('epochs_same_compute')})"
+
+
 def _stopped(r: dict) -> str:
     if "stopped_hpo" not in r:
         return "—"
@@ -155,8 +172,8 @@ def _stopped(r: dict) -> str:
 def _table(results: list[dict], dataset: str) -> list[str]:
     rows = [r for r in results if r["dataset"] == dataset]
     lines = ["| variant | seeds | " + " | ".join(HEADERS) + " | stage 1 − baseline | candidates left chance "
-             "| stage-1 epochs | winner ≠ ReLU | wall time per run |",
-             "|---" * (len(HEADERS) + 7) + "|"]
+             "| stage-1 epochs | ReLU's same-compute epochs | winner ≠ ReLU | wall time per run |",
+             "|---" * (len(HEADERS) + 8) + "|"]
     for variant in VARIANTS:
         rs = [r for r in rows if r["variant"] == variant]
         if not rs:
@@ -166,10 +183,11 @@ def _table(results: list[dict], dataset: str) -> list[str]:
                       else None for r in rs])
         left = _fmt([r["left_chance"] for r in rs]) + f" of {rs[0]['candidates']}"
         epochs = _fmt([r["epochs_stage1"] for r in rs])
+        same = _fmt([r.get("epochs_same_compute") for r in rs])
         not_relu = sum(1 for r in rs if r.get("winner") and r["winner"] != ["relu(x)"])
         secs = _fmt([r["seconds"] for r in rs])
         lines.append(f"| {variant} | {len(rs)} | " + " | ".join(cells) +
-                     f" | {gains} | {left} | {epochs} | {not_relu} of {len(rs)} | {secs} s |")
+                     f" | {gains} | {left} | {epochs} | {same} | {not_relu} of {len(rs)} | {secs} s |")
     return lines
 
 
@@ -207,12 +225,12 @@ def main() -> None:
              f". Test accuracy %, mean ± sd over seeds {args.seeds}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         lines += [f"## {dataset}", ""] + _table(results, dataset) + [""]
-    lines += ["## Per seed", "", "| dataset | variant | seed | dense | baseline | stage 1 | stage 2 | SAFS | stage-1 "
-              "winner | left chance | stage-1 epochs | epochs per candidate | stage-2 epochs (hpo, hpo-relu) "
-              "| stage-2 protocols stopped within 2 epochs | code |", "|---" * 15 + "|"]
+    lines += ["## Per seed", "", "| dataset | variant | seed | dense | baseline | stage 1 | stage 2 | SAFS | ReLU, "
+              "same compute (epochs) | stage-1 winner | left chance | stage-1 epochs | epochs per candidate | "
+              "stage-2 epochs (hpo, hpo-relu) | stage-2 protocols stopped within 2 epochs | code |", "|---" * 16 + "|"]
     for r in results:
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['dense']} | {r['baseline']} | {r['stage1']} | "
-                     f"{r['stage2']} | {r['final']} | {', '.join(r.get('winner', []))} | {r['left_chance']}/"
+                     f"{r['stage2']} | {r['final']} | {_same(r)} | {', '.join(r.get('winner', []))} | {r['left_chance']}/"
                      f"{r['candidates']} | {r['epochs_stage1']} | {r['epochs_per_candidate'] or 2} | "
                      f"{r.get('epochs_hpo', '—')}, {r.get('epochs_hpo-relu', '—')} | "
                      f"{_stopped(r)} | {r['code']} |")

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-COLUMNS = ("dense", "magnitude pruning", "stage 1", "stage 2", "SAFS")
+COLUMNS = ("dense", "magnitude pruning", "stage 1", "stage 2", "SAFS", "ReLU, same compute")
+# Columns a study fills only when asked to (``baseline_long``): a table leaves them out when empty.
+OPTIONAL_COLUMNS = ("ReLU, same compute",)
 
 # The SAFS paper's summary table (Loni et al., AutoML 2023, sparsity 0.99; test accuracy %).
 PAPER: dict[tuple[str, str], tuple[float, float, float, float, float]] = {
@@ -32,6 +34,13 @@ class ResultRow:
     label: str
     values: tuple[float | None, ...]
     spread: tuple[float | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # A row may stop before the optional columns (the paper's rows do): they are empty.
+        pad = (None,) * (len(COLUMNS) - len(self.values))
+        object.__setattr__(self, "values", tuple(self.values) + pad)
+        if self.spread is not None:
+            object.__setattr__(self, "spread", tuple(self.spread) + (None,) * (len(COLUMNS) - len(self.spread)))
 
 
 def mean_row(rows: Sequence[ResultRow], label: str) -> ResultRow:
@@ -71,12 +80,14 @@ def _cell(value: float | None, base: float | None, gain: bool, sd: float | None 
 
 
 def markdown_table(rows: Sequence[ResultRow]) -> str:
-    """A markdown table; the SAFS column shows its gain over magnitude pruning, as the paper."""
-    lines = ["| | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    """A markdown table; the SAFS column shows its gain over magnitude pruning, as the paper. An
+    optional column no row fills is left out."""
+    shown = [i for i, c in enumerate(COLUMNS) if c not in OPTIONAL_COLUMNS or any(r.values[i] is not None for r in rows)]
+    base_at, gain_at = COLUMNS.index("magnitude pruning"), COLUMNS.index("SAFS")
+    lines = ["| | " + " | ".join(COLUMNS[i] for i in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for row in rows:
-        base = row.values[1]
         sds = row.spread or (None,) * len(row.values)
-        cells = [_cell(v, base, i == len(COLUMNS) - 1, sd) for i, (v, sd) in enumerate(zip(row.values, sds))]
+        cells = [_cell(row.values[i], row.values[base_at], i == gain_at, sds[i]) for i in shown]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -414,3 +414,23 @@ def test_min_density_keeps_a_layer_denser_and_the_total_on_target(tmp_path):
     assert kept >= 50.0 and baseline.user_attrs["sparsity"] > 98.9
     status = _cli("status", str(path)).stdout
     assert "after sparsity 0.99 (global, conv1 keeps ≥ 50 %)" in status and "| `conv1` |" in status
+
+
+def test_relu_with_the_same_compute_is_a_column_of_the_report(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("threads = 1", "threads = 1\nbaseline_long = true\nablations = false"))
+    proc = _cli("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_config(path)
+    (long,) = [t for t in _trials(cfg, "baseline-long") if t.state.name == "COMPLETE"]
+    searched = sum(len(t.intermediate_values) * t.user_attrs["train_images"]
+                   for stage in ("activations", "hpo") for t in _trials(cfg, stage) if t.state.is_finished())
+    full = long.user_attrs["train_images"]
+    assert long.user_attrs["epochs"] == max(1, round(searched / full)) == long.user_attrs["trained_epochs"]
+    assert long.user_attrs["formulas"] == _trials(cfg, "baseline")[0].user_attrs["formulas"]  # its own activations
+    report = _cli("report", str(path))
+    assert report.returncode == 0, report.stderr
+    head, _, row = [line for line in report.stdout.splitlines() if line.startswith("|")][:3]
+    assert head.split("|")[-2].strip() == "ReLU, same compute"
+    assert row.split("|")[-2].strip() == f"{long.user_attrs['test_accuracy']:.2f}"
+    assert "ReLU, same compute" in _cli("status", str(path)).stdout  # its compute, in the compute line

@@ -97,7 +97,7 @@ def _once(pipe: Pipeline) -> list[str]:
 
 def test_status_before_and_after_prepare(cfg):
     pipe = Pipeline(cfg, log=lambda msg: None)
-    assert [s.name for s in pipe.stages] == [s.name for s in STAGES]  # ablations are on by default
+    assert [s.name for s in pipe.stages] == [s.name for s in STAGES if s.enabled_by is None]  # ablations are on by default
     for stage in pipe.stages:
         st = pipe.studies.status(stage)
         assert not st.exists and not st.done and st.finished == 0 and st.best_trial is None
@@ -111,7 +111,7 @@ def test_status_before_and_after_prepare(cfg):
         assert (st.waiting, st.running, st.failed, st.finished) == (1, 0, 0, 0), stage.name
     assert not pipe.studies.status("dense").done
     names = {s.study_name for s in optuna.get_all_study_summaries(cfg.storage)}
-    assert names == {f"tiny/{s.name}" for s in STAGES}
+    assert names == {f"tiny/{s.name}" for s in STAGES if s.enabled_by is None}
 
 
 def test_once_stages_are_queued_exactly_once(cfg):
@@ -309,3 +309,40 @@ def test_compute_per_column_counts_the_stage_and_the_searches_before_it(cfg):
     assert columns["total"].epochs == 16
     line = compute_line(pipe)
     assert "stage 1 1.1 fine-tunes, 10 epochs" in line and "total 2.1 fine-tunes, 16 epochs" in line
+
+
+def test_relu_with_the_same_compute_trains_as_many_images_as_the_searches(tmp_path):
+    from safs_optuna.pipeline.compute import searched_epochs
+
+    off = Pipeline(load_config(write_config(tmp_path)), log=lambda msg: None)
+    assert "baseline-long" not in [s.name for s in off.stages]  # off by default
+    pipe = Pipeline(load_config(write_config(tmp_path), {"baseline_long": True}), log=lambda msg: None)
+    long = next(s for s in pipe.stages if s.name == "baseline-long")
+    assert long.kind == "once" and long.column == "ReLU, same compute" and set(long.needs) == {"hpo"}
+    pipe.studies.prepare()
+
+    def add(stage, epochs, images, state=TrialState.COMPLETE):
+        attrs = {"train_images": images} if images else {}
+        pipe.studies.study(stage).add_trial(optuna.trial.create_trial(
+            state=state, value=20.0 if state == TrialState.COMPLETE else None, user_attrs=attrs,
+            intermediate_values={e: 10.0 + e for e in range(epochs)}, params={}, distributions={}))
+
+    assert searched_epochs(pipe, long, 9000) == 1  # nothing searched yet: at least one epoch
+    add("activations", 3, 900)
+    add("activations", 2, 900, state=TrialState.PRUNED)  # a stopped trial's epochs were spent too
+    add("hpo", 5, 1800)
+    add("hpo", 4, 1800, state=TrialState.FAIL)
+    add("baseline", 6, 9000)  # not a search: not counted
+    # (3 + 2) × 900 + (5 + 4) × 1800 = 20 700 images: 2.3 full epochs of 9000
+    assert searched_epochs(pipe, long, 9000) == 2
+    add("hpo", 10, 0)  # a trial stored before image counts: taken as full epochs
+    assert searched_epochs(pipe, long, 9000) == 12
+    # Its column costs its own fine-tune only: it waits for the searches but trains with none of them.
+    from safs_optuna.pipeline.compute import column_compute
+
+    pipe.studies.study("baseline-long").add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=20.0, user_attrs={"train_images": 9000, "trained_epochs": 12},
+        params={}, distributions={}))
+    columns = column_compute(pipe)
+    assert columns["ReLU, same compute"].epochs == 12
+    assert columns["SAFS"].epochs == 3 + 2 + 5 + 4 + 10  # the searches it uses (its own trial not run)

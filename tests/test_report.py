@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from safs_optuna.activation import OperatorTree, TreeActivation
-from safs_optuna.report import (COLUMNS, PAPER, ResultRow, activation_curves, activation_svg, markdown_table,
-                                paper_row)
+from safs_optuna.report import (COLUMNS, OPTIONAL_COLUMNS, PAPER, ResultRow, activation_curves, activation_svg,
+                                markdown_table, mean_row, paper_row)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -24,12 +24,23 @@ def test_markdown_table_columns_missing_values_and_gain():
             ResultRow("empty", (None,) * 5),
             ResultRow("no base", (90.0, None, 1.0, 2.0, 50.0))]
     lines = markdown_table(rows).splitlines()
-    assert _cells(lines[0]) == ["", *COLUMNS]
-    assert set(lines[1].replace("|", "")) == {"-"} and lines[1].count("|") == len(COLUMNS) + 2
+    shown = [c for c in COLUMNS if c not in OPTIONAL_COLUMNS]  # no row fills an optional column
+    assert _cells(lines[0]) == ["", *shown]
+    assert set(lines[1].replace("|", "")) == {"-"} and lines[1].count("|") == len(shown) + 2
     assert _cells(lines[2]) == ["mine", "98.00", "40.00", "—", "55.50", "61.25 (+21.25)"]
     assert _cells(lines[3]) == ["empty", "—", "—", "—", "—", "—"]
     assert _cells(lines[4]) == ["no base", "90.00", "—", "1.00", "2.00", "50.00"]
     assert len(lines) == 5
+
+
+def test_an_optional_column_shows_when_a_row_fills_it():
+    same = COLUMNS.index("ReLU, same compute")
+    rows = [ResultRow("mine", (98.0, 40.0, 45.0, 55.5, 61.25, 42.5)), ResultRow("paper", (1.0, 2.0, 3.0, 4.0, 5.0))]
+    head, _, mine, paper = markdown_table(rows).splitlines()
+    assert _cells(head)[same + 1] == "ReLU, same compute"
+    assert _cells(mine)[5:] == ["61.25 (+21.25)", "42.50"] and _cells(paper)[5:] == ["5.00 (+3.00)", "—"]
+    mean = mean_row(rows[:1] * 2, "two")
+    assert mean.values[same] == 42.5 and mean.spread[same] == 0.0
 
 
 def test_markdown_table_negative_gain():
@@ -40,10 +51,10 @@ def test_markdown_table_negative_gain():
 def test_paper_row_known_closest_unknown():
     row = paper_row("resnet18", "cifar10")
     assert row == ResultRow("paper: resnet18 on cifar10", PAPER[("resnet18", "cifar10")])
-    assert row.values[-1] == 83.88
+    assert row.values[COLUMNS.index("SAFS")] == 83.88 and row.values[-1] is None  # the paper has no same-compute run
     closest = paper_row("lenet5", "quickstart")
     assert closest is not None and closest.label == "paper: lenet5 on mnist"
-    assert closest.values == (98.49, 46.69, 61.63, 60.2, 62.22)
+    assert closest.values == (98.49, 46.69, 61.63, 60.2, 62.22, None)
     assert paper_row("lenet5", "fashion_mnist").values == closest.values
     assert paper_row("vgg16", "quickstart") is None
     assert paper_row("lenet5", "cifar10") is None

@@ -325,6 +325,8 @@ class StudyConfig:
                        range=(0, 1024), note="0 = automatic")
     lend_threads: bool = key(True, "a waiting worker lends its threads to working ones on this machine")
     ablations: bool = key(True, 'also run the "stage 1 alone" and "stage 2 alone" columns')
+    baseline_long: bool = key(False, 'also fine-tune the network\'s own activations for as long as stages 1 '
+                                     'and 2 trained together (the "ReLU, same compute" column)')
     storage_retry_seconds: int = key(300, "seconds a worker waits out an outage of the storage or the "
                                           "artifact store", range=(0, 86_400),
                                      note="0 = a lost connection stops the worker at once")

@@ -24,12 +24,12 @@ from ..pruners import REASON_ATTR
 from ..sparsity import sparsity_report
 from ..storage import staging
 from ..training import DivergedError, EpochStats, FitResult, HParams, UserFitError, evaluate, fit, fit_with
-from .compute import TRAIN_IMAGES_ATTR, TRAINED_EPOCHS_ATTR
+from .compute import TRAIN_IMAGES_ATTR, TRAINED_EPOCHS_ATTR, searched_epochs
 from .fidelity import record_auto_epochs, trial_epochs
 from .gradual import prune_gradually
 from .logs import epoch_line, shown
 from .protocols import hparams_from_params, suggest_hparams
-from .stages import Body, Searches, Stage
+from .stages import Body, Epochs, Searches, Stage
 from .status import BEYOND_BUDGET_ATTR, INPUTS_ATTR
 from .studies import PipelineError
 
@@ -200,7 +200,8 @@ def finetune(pipe: Pipeline, stage: Stage, trial: optuna.Trial) -> float:
     trial.set_user_attr(INPUTS_ATTR, pipe.studies.inputs(stage))
     hp, learn = protocol(pipe, stage)
     model = pipe.res.fresh(trees(pipe, stage), learn)
-    epochs = pipe.cfg.final.epochs
+    epochs = (pipe.cfg.final.epochs if stage.epochs == Epochs.FINAL
+              else searched_epochs(pipe, stage, len(pipe.res.splits.train)))
     try:
         result = _fit(pipe, model, pipe.res.splits, hp, epochs, stage.name, trial=None)
     except DivergedError as exc:

@@ -2,9 +2,10 @@
 
 Every trial records how many training images one of its epochs saw (``train_images``), and a
 "once" trial how many epochs it trained (``trained_epochs``; a search trial's are its reported
-epochs). A column costs its own stage plus the search stages upstream of it — what SAFS spends
-to fill it — and is shown in multiples of one fine-tune: the baseline's images (its epochs, for
-studies stored before images were recorded).
+epochs). A column costs its own stage plus the search stages whose winners it trains with — what
+SAFS spends to fill it (the same-compute baseline waits for the searches but uses none of them) —
+and is shown in multiples of one fine-tune: the baseline's images (its epochs, for studies stored
+before images were recorded).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .worker import Pipeline
 
 __all__ = ["TRAINED_EPOCHS_ATTR", "TRAIN_IMAGES_ATTR", "Compute", "column_compute", "compute_line",
-           "stage_compute", "trial_compute"]
+           "searched_epochs", "stage_compute", "trial_compute"]
 
 TRAIN_IMAGES_ATTR = "train_images"  # user attr: training images one epoch of the trial saw
 TRAINED_EPOCHS_ATTR = "trained_epochs"  # user attr of a "once" trial: the epochs it trained
@@ -72,27 +73,47 @@ def stage_compute(pipe: Pipeline, stage: Stage) -> Compute:
     return _total(study.get_trials(deepcopy=False))
 
 
-def _upstream_searches(stage: Stage, stages: Sequence[Stage]) -> list[Stage]:
-    """The search stages ``stage`` needs, directly or through others."""
+def _upstream_searches(stage: Stage, stages: Sequence[Stage], by_results: bool = False) -> list[Stage]:
+    """The search stages ``stage`` needs, directly or through others; with ``by_results``, only
+    those whose winners it trains with (``trees_from``, ``protocol_from``), directly or through others."""
     by_name = {s.name: s for s in stages}
+
+    def before(s: Stage) -> list[str]:
+        return [n for n in (s.trees_from, s.protocol_from) if n] if by_results else list(s.needs)
+
     seen: dict[str, Stage] = {}
-    todo = list(stage.needs)
+    todo = before(stage)
     while todo:
         name = todo.pop()
         if name in seen or name not in by_name:
             continue
         seen[name] = by_name[name]
-        todo.extend(by_name[name].needs)
+        todo.extend(before(by_name[name]))
     return [s for s in seen.values() if s.kind == Kind.SEARCH]
 
 
+def searched_epochs(pipe: Pipeline, stage: Stage, train_images: int) -> int:
+    """Full-data epochs (of ``train_images`` images each) that train as many images as the search
+    stages ``stage`` needs trained together, every trial counted (pruned and failed ones too); a
+    trial that recorded no image count is taken to have seen ``train_images`` per epoch."""
+    images = 0
+    for search in _upstream_searches(stage, pipe.stages):
+        try:
+            study = optuna.load_study(study_name=pipe.cfg.study_name(search.name), storage=pipe.studies.storage)
+        except KeyError:  # not created: nothing trained
+            continue
+        for t in study.get_trials(deepcopy=False):
+            images += trial_compute(t).epochs * int(t.user_attrs.get(TRAIN_IMAGES_ATTR, train_images))
+    return max(1, round(images / train_images))
+
+
 def column_compute(pipe: Pipeline) -> dict[str, Compute]:
-    """Compute per report column (its stage and the searches upstream of it), and ``"total"``:
+    """Compute per report column (its stage and the searches whose winners it trains with), and ``"total"``:
     every stage of the study."""
     spent = {s.name: stage_compute(pipe, s) for s in pipe.stages}
     out = {}
     for stage in sorted((s for s in pipe.stages if s.column), key=lambda s: COLUMNS.index(s.column)):
-        parts = [stage, *_upstream_searches(stage, pipe.stages)]
+        parts = [stage, *_upstream_searches(stage, pipe.stages, by_results=True)]
         out[stage.column] = sum((spent[s.name] for s in parts), Compute())
     out["total"] = sum(spent.values(), Compute())
     return out
@@ -118,5 +139,5 @@ def compute_line(pipe: Pipeline) -> str:
         shown = f"{times:.1f} fine-tunes, " if times is not None else ""
         return f"{name} {shown}{c.epochs} epoch{'s' if c.epochs != 1 else ''}, {_duration(c.seconds)}"
 
-    return "Compute (the column's stage and the searches before it; a fine-tune is the baseline's): " + \
+    return "Compute (the column's stage and the searches it uses; a fine-tune is the baseline's): " + \
         "; ".join(cell(name, c) for name, c in columns.items() if c.epochs or c.seconds) + "."

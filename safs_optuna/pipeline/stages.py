@@ -12,6 +12,8 @@ final           once    the winner of both stages, full fine-tune, test accuracy
 hpo-relu        search  ablation: stage 2 alone, the network's own activations with learned α/β
 stage1          once    ablation: stage-1 winner with the default protocol
 stage2          once    ablation: hpo-relu winner, full fine-tune
+baseline-long   once    with ``baseline_long``: the network's own activations, fine-tuned for
+                        as many images as stages 1 and 2 trained ("ReLU, same compute")
 ==============  ======  ============================================================
 
 Every stage after ``sparse`` starts from the weights and masks that ``sparse`` stored; given a
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Body", "Kind", "Searches", "Stage", "STAGES", "COLUMN_STAGES", "stage"]
+__all__ = ["Body", "Epochs", "Kind", "Searches", "Stage", "STAGES", "COLUMN_STAGES", "stage"]
 
 
 class _Word(str, Enum):
@@ -57,6 +59,13 @@ class Searches(_Word):
     PROTOCOL = "protocol"
 
 
+class Epochs(_Word):
+    """How many epochs a "finetune" trial trains."""
+
+    FINAL = "final"  # the full fine-tune's, ``[final] epochs``
+    SPENT = "spent"  # as many (in training images) as the search stages upstream trained together
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: an Optuna study named ``<study name>/<stage name>``.
@@ -83,6 +92,11 @@ class Stage:
         column: The report column this stage fills (test accuracy of its trial).
         skipped_by: A config key (``"section.key"``) whose value, when set, makes the stage needless:
             the stage is left out, and so are the needs of others on it.
+        enabled_by: A top-level boolean config key that must be true for the stage to run
+            (``None``: no such key).
+        epochs: :class:`Epochs`, how long a ``finetune`` trial trains: ``final`` (``[final] epochs``)
+            or ``spent`` (the full-data epochs whose images equal what the search stages it needs,
+            directly or through others, trained: every trial, pruned and failed ones included).
         seed: Mixed into the config's seed for the stage's sampler (search stages; once stages
             draw nothing). Fixed per stage rather than its position in the table, so that a
             stage added to the table changes no other stage's draws and a stored study resumes
@@ -101,6 +115,8 @@ class Stage:
     learn_scale: bool | None = False
     column: str | None = None
     skipped_by: str | None = None
+    enabled_by: str | None = None
+    epochs: Epochs = Epochs.FINAL
     seed: int = 0
 
 
@@ -122,6 +138,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("stage1", Kind.ONCE, ("activations",), ablation=True, trees_from="activations", column="stage 1"),
     Stage("stage2", Kind.ONCE, ("hpo-relu",), ablation=True, protocol_from="hpo-relu", learn_scale=True,
           column="stage 2"),
+    # "Could that compute have fine-tuned ReLU longer?": the baseline, trained as long as SAFS searched.
+    Stage("baseline-long", Kind.ONCE, ("hpo",), enabled_by="baseline_long", epochs=Epochs.SPENT,
+          column="ReLU, same compute"),
 )
 
 COLUMN_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.column)

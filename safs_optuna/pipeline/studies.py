@@ -252,14 +252,16 @@ class Studies(StatusReader):
 
 
 def all_stages(cfg: StudyConfig) -> tuple[Stage, ...]:
-    """The stages this config runs: ablations only with ``ablations``, none that a set config key
-    skips (``Stage.skipped_by``), and needs only on stages that run."""
+    """The stages this config runs: ablations only with ``ablations``, a stage with
+    ``Stage.enabled_by`` only when that key is true, none that a set config key skips
+    (``Stage.skipped_by``), and needs only on stages that run."""
     def skipped(stage: Stage) -> bool:
         if stage.skipped_by is None:
             return False
         section, key = stage.skipped_by.split(".")
         return getattr(getattr(cfg, section), key) is not None
 
-    kept = [s for s in STAGES if (cfg.ablations or not s.ablation) and not skipped(s)]
+    kept = [s for s in STAGES if (cfg.ablations or not s.ablation) and not skipped(s)
+            and (s.enabled_by is None or getattr(cfg, s.enabled_by))]
     names = {s.name for s in kept}
     return tuple(dataclasses.replace(s, needs=tuple(n for n in s.needs if n in names)) for s in kept)
