@@ -218,6 +218,8 @@ class ActivationsConfig:
     history: int = key(3, "LAHC history length", range=(1, 1000))
     lahc: str = key("textbook", 'LAHC rules: "textbook" (Burke & Bykov) or the SAFS code\'s',
                     choices=Choices("safs_optuna.samplers.lahc:VARIANTS", "LAHC variant"))
+    warm_start: tuple[str, ...] = key((), "earlier winners queued first: study names in this storage, or "
+                                          '.toml/.json files of site = "formula"')
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,18 @@ from ..samplers.seeded import PositionSeededSampler, position_seed
 from .fidelity import configured_epochs
 from .protocols import default_protocol_params
 from .stages import Kind, Searches, Stage
+from .warm_start import warm_start_params
 
 if TYPE_CHECKING:
     from .resources import Resources
 
-__all__ = ["PRUNERS", "SAMPLERS", "START_POINTS", "make_pruner", "make_sampler", "start_params"]
+__all__ = ["PRUNERS", "SAMPLERS", "START_POINTS", "WARM_STARTS", "make_pruner", "make_sampler", "start_params",
+           "warm_params"]
 
 SamplerBuilder = Callable[[StudyConfig, Stage, int, "Resources"], optuna.samplers.BaseSampler]
 PrunerBuilder = Callable[[int], optuna.pruners.BasePruner]
 StartBuilder = Callable[[StudyConfig, Stage, "Resources"], "dict[str, Any] | None"]
+WarmBuilder = Callable[[StudyConfig, "optuna.storages.BaseStorage | str", "Resources"], "list[tuple[str, dict[str, Any]]]"]
 
 
 def _lahc(cfg: StudyConfig, stage: Stage, seed: int, res: Resources) -> optuna.samplers.BaseSampler:
@@ -90,6 +93,14 @@ START_POINTS: dict[Searches, StartBuilder] = {Searches.TREES: _own_trees, Search
 default protocol; ``None`` lets the sampler draw the first trial."""
 
 
+WARM_STARTS: dict[Searches, WarmBuilder] = {
+    Searches.TREES: lambda cfg, storage, res: warm_start_params(cfg, storage, res.space, res.own_trees()),
+    Searches.PROTOCOL: lambda cfg, storage, res: [],
+}
+"""The trials queued after a search stage's start point, as ``(source, params)``: the earlier
+winners of ``[activations] warm_start`` (see :mod:`.warm_start`); none for a protocol search."""
+
+
 def make_sampler(cfg: StudyConfig, stage: Stage, res: Resources) -> optuna.samplers.BaseSampler:
     """The sampler of ``stage``'s study; seeded per stage, so that hpo and hpo-relu do not
     propose in lockstep. A "once" stage draws nothing: any seeded sampler does."""
@@ -111,3 +122,10 @@ def make_pruner(cfg: StudyConfig, stage: Stage) -> optuna.pruners.BasePruner:
 def start_params(cfg: StudyConfig, stage: Stage, res: Resources) -> dict[str, Any] | None:
     """The params of a search stage's start trial (see :data:`START_POINTS`)."""
     return START_POINTS[stage.searches](cfg, stage, res)
+
+
+def warm_params(cfg: StudyConfig, stage: Stage, storage: optuna.storages.BaseStorage | str,
+                res: Resources) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, params)`` of the trials queued after a search stage's start point (see
+    :data:`WARM_STARTS`)."""
+    return WARM_STARTS[stage.searches](cfg, storage, res)

@@ -2,7 +2,7 @@
 
 The storage, the artifact folder, the data, the model source and its activation sites, the
 model's output on one batch, the sizes of batches and search subsets, ``[sparsity] skip`` and
-``min_density``, and the user's checkpoints. A user's model, data or loop that cannot be imported
+``min_density``, the user's checkpoints and the earlier winners of ``[activations] warm_start``. A user's model, data or loop that cannot be imported
 or does not fit stops here, before the first study is created.
 """
 
@@ -64,6 +64,19 @@ def preflight(cfgs: Sequence[StudyConfig], code: UserCode | None = None,
     _check_sizes(cfg, len(splits.train), where)
     _check_sparsity(cfg, model, where)
     _check_checkpoints(cfg, res, where, warn)
+    _check_warm_start(cfg, res, where)
+
+
+def _check_warm_start(cfg: StudyConfig, res: Resources, where: object) -> None:
+    """Every ``[activations] warm_start`` source can be read and fits this network and space."""
+    from .warm_start import WarmStartError, warm_start_params
+
+    if not cfg.activations.warm_start:
+        return
+    try:
+        warm_start_params(cfg, cfg.storage, res.space, res.own_trees())
+    except WarmStartError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 def _check_artifacts(cfg: StudyConfig, where: object) -> None:

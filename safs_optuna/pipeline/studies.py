@@ -25,11 +25,12 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import StudyConfig, parse_config, to_dict
 from ..optuna_private import trial_id
 from ..storage import GRACE_PERIOD, fail_unbeating_trials, redact
-from .factories import make_pruner, make_sampler, start_params
+from .factories import make_pruner, make_sampler, start_params, warm_params
 from .fidelity import START_ATTR
 from .resources import Resources
 from .stages import STAGES, Kind, Stage, stage as stage_of
 from .status import FINISHED, StageStatus, StatusReader
+from .warm_start import WARM_START_ATTR
 
 __all__ = ["PipelineError", "StageStatus", "Studies", "FINISHED", "START_ATTR", "PROGRESS_ATTR", "all_stages"]
 
@@ -125,6 +126,8 @@ class Studies(StatusReader):
                 params = start_params(self.cfg, stage, self.res)
                 if params is not None:
                     study.enqueue_trial(params, user_attrs={START_ATTR: True})
+                for source, warm in warm_params(self.cfg, stage, self.storage, self.res):
+                    study.enqueue_trial(warm, user_attrs={WARM_START_ATTR: source})
         self._studies[stage.name] = study
         return study
 
