@@ -247,7 +247,8 @@ def test_a_study_stored_before_the_sparse_stage_existed_runs_nothing_again(tmp_p
     before = counts()
     old = Pipeline(cfg, log=lambda msg: None, create=False)
     measured = row(old)
-    assert [v is not None for v in measured.values] == [True, True, False, False, True]  # no ablations here
+    # no ablations here, nor the same-compute column
+    assert [v is not None for v in measured.values] == [True, True, False, False, True, False]
     assert "| `conv1` | 150 | 1.33 |" in density_table(old)  # from the baseline's trial
     assert not old.studies.status("sparse").exists
     for stage in old.stages:
