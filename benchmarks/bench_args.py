@@ -98,11 +98,14 @@ def plot_path(out: str | Path, dataset: str) -> Path:
 
 
 def command(script: str) -> str:
-    """How this run was invoked, for the results file: without ``--jobs``, which changes nothing,
-    and ``--finished-only``, which only reads the runs the command would make."""
+    """How this run was invoked, for the results file: without ``--jobs`` and ``--workdir``, which
+    change nothing but how many run at once and where (a path of one machine), and
+    ``--finished-only``, which only reads the runs the command would make."""
     argv = sys.argv[1:]
+    valued = ("--jobs", "--workdir")
     shown = [a for i, a in enumerate(argv)
-             if a not in ("--jobs", "--finished-only") and (i == 0 or argv[i - 1] != "--jobs")]
+             if a not in (*valued, "--finished-only") and not a.startswith(tuple(f"{v}=" for v in valued))
+             and (i == 0 or argv[i - 1] not in valued)]
     return " ".join([f"python benchmarks/{script}", *shown])
 
 
