@@ -87,6 +87,10 @@ def _best_val(db: Path, name: str) -> float | None:
     return max(best.intermediate_values.values()) if best and best.intermediate_values else None
 
 
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def _meets(method: str, epochs: list[int], gains: list[float], ref: float | None, ref_gains: list[float]) -> str:
     """The bar for a new default: at most a third of ``lahc``'s stage-1 epochs, and a stage-1 gain
     over magnitude pruning within one sd of ``lahc``'s (mean over the seeds)."""
@@ -169,7 +173,7 @@ def main() -> None:
         per_seed = ["", "| method | seed | stage-1 epochs | winner | best validation | baseline | stage 1 |",
                     "|---" * 7 + "|"]
         per_seed += [f"| {r['method']} | {r['seed']} | {r['epochs_stage1']} | {', '.join(r.get('winner', []))} | "
-                     f"{r['best_val']} | {r['baseline']} | {r['stage1']} |" for r in results if r["dataset"] == dataset]
+                     f"{_num(r['best_val'])} | {r['baseline']} | {r['stage1']} |" for r in results if r["dataset"] == dataset]
         tail = [""] + [f"- {n}" for n in notes] + [f"Code: commit {commit}."]
         out.write_text("\n".join(head + lines + per_seed + tail) + "\n")
         print("\n".join(head + lines))
