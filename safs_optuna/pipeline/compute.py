@@ -64,13 +64,18 @@ def _total(trials: Iterable[FrozenTrial]) -> Compute:
     return sum((trial_compute(t) for t in trials), Compute())
 
 
-def stage_compute(pipe: Pipeline, stage: Stage) -> Compute:
-    """Everything ``stage``'s study trained, its failed and stopped trials included."""
+def _stage_trials(pipe: Pipeline, stage: Stage) -> list[FrozenTrial]:
+    """Every trial of ``stage``'s study (none before it is created)."""
     try:
         study = optuna.load_study(study_name=pipe.cfg.study_name(stage.name), storage=pipe.studies.storage)
     except KeyError:  # not created yet
-        return Compute()
-    return _total(study.get_trials(deepcopy=False))
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+def stage_compute(pipe: Pipeline, stage: Stage) -> Compute:
+    """Everything ``stage``'s study trained, its failed and stopped trials included."""
+    return _total(_stage_trials(pipe, stage))
 
 
 def _upstream_searches(stage: Stage, stages: Sequence[Stage], by_results: bool = False) -> list[Stage]:
@@ -96,14 +101,8 @@ def searched_epochs(pipe: Pipeline, stage: Stage, train_images: int) -> int:
     """Full-data epochs (of ``train_images`` images each) that train as many images as the search
     stages ``stage`` needs trained together, every trial counted (pruned and failed ones too); a
     trial that recorded no image count is taken to have seen ``train_images`` per epoch."""
-    images = 0
-    for search in _upstream_searches(stage, pipe.stages):
-        try:
-            study = optuna.load_study(study_name=pipe.cfg.study_name(search.name), storage=pipe.studies.storage)
-        except KeyError:  # not created: nothing trained
-            continue
-        for t in study.get_trials(deepcopy=False):
-            images += trial_compute(t).epochs * int(t.user_attrs.get(TRAIN_IMAGES_ATTR, train_images))
+    images = sum(trial_compute(t).epochs * int(t.user_attrs.get(TRAIN_IMAGES_ATTR, train_images))
+                 for search in _upstream_searches(stage, pipe.stages) for t in _stage_trials(pipe, search))
     return max(1, round(images / train_images))
 
 

@@ -2,8 +2,9 @@
 
 The storage, the artifact folder, the data, the model source and its activation sites, the
 model's output on one batch, the sizes of batches and search subsets, ``[sparsity] skip`` and
-``min_density``, the user's checkpoints and the earlier winners of ``[activations] warm_start``. A user's model, data or loop that cannot be imported
-or does not fit stops here, before the first study is created.
+``min_density``, the user's checkpoints and the earlier winners of ``[activations] warm_start``.
+A user's model, data or loop that cannot be imported or does not fit stops here, before the
+first study is created.
 """
 
 from __future__ import annotations
