@@ -14,6 +14,9 @@ Methods:
   the best third 3, the best third of those the full "auto" count).
 * ``random-halving``: random search with the same successive halving.
 * ``lahc-third``: LAHC as today with a third of the candidates: the plain way to spend a third.
+* ``surrogate``: the surrogate sampler (a nearest-neighbour regression on the finished
+  candidates' operators proposes the one it predicts best), "auto" epochs, the incumbent pruner.
+* ``surrogate-third``: the same with a third of the candidates.
 
 Each run is one ``safs-optuna run`` with one worker and one torch thread into its own SQLite
 file under ``--workdir`` (reused: finished runs are read back, not rerun).
@@ -47,16 +50,22 @@ METHODS = {
     "lahc-halving": ['activations.pruner="halving"'],
     "random-halving": ['activations.sampler="random"', 'activations.pruner="halving"'],
     "lahc-third": ["activations.trials=7"],
+    "surrogate": ['activations.sampler="surrogate"'],
+    "surrogate-third": ['activations.sampler="surrogate"', "activations.trials=7"],
 }
-COLOURS = {"lahc": "#1f77b4", "lahc-halving": "#d62728", "random-halving": "#2ca02c", "lahc-third": "#7f7f7f"}
+COLOURS = {"lahc": "#1f77b4", "lahc-halving": "#d62728", "random-halving": "#2ca02c", "lahc-third": "#7f7f7f",
+           "surrogate": "#9467bd", "surrogate-third": "#ff7f0e"}
 
 
-def _run(workdir: Path, dataset: str, method: str, seed: int, overrides: list[str], device: str) -> dict:
+def _run(workdir: Path, dataset: str, method: str, seed: int, overrides: list[str], device: str,
+         extra: list[str] | None = None) -> dict:
+    """One run of ``method`` (its settings ``METHODS[method]``, or ``extra`` for a method of
+    another benchmark), read back when finished."""
     name = f"cost-{dataset}-{method}-s{seed}"
     db, done = workdir / f"{name}.db", workdir / f"{name}.json"
     if done.exists():  # finished: read back, not rerun
         return {**json.loads(done.read_text()), **_read(db, name)}
-    sets = overrides + COMMON + METHODS[method] + [
+    sets = overrides + COMMON + (METHODS[method] if extra is None else extra) + [
         f"seed={seed}", f'name="{name}"', f'artifacts="{workdir / (name + ".artifacts")}"']
     cmd = [sys.executable, "-m", "safs_optuna.cli", "run", str(CONFIG), "--storage", f"sqlite:///{db}",
            "--threads", "1", "--device", device]

@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "models", "make_searchable": "models", "sites": "models", "BINARY": "operators",
     "UNARY": "operators", "DivergencePruner": "pruners", "IncumbentPruner": "pruners",
     "chance_band": "ranking", "trial_score": "ranking", "LAHCSampler": "samplers",
-    "PositionSeededSampler": "samplers", "ActivationSpace": "space", "finalize": "sparsity",
+    "PositionSeededSampler": "samplers", "SurrogateSampler": "samplers", "zero_cost": "", "ActivationSpace": "space", "finalize": "sparsity",
     "magnitude_prune": "sparsity", "sparsity_report": "sparsity", "Diverged": "training",
     "DivergedError": "training", "HParams": "training", "evaluate": "training", "fit": "training",
     "run": "pipeline.launch",
@@ -50,5 +50,5 @@ __all__ = [
     "BINARY", "MODELS", "UNARY", "ActivationSpace", "DivergedError", "DivergencePruner", "HParams",
     "IncumbentPruner", "LAHCSampler", "OperatorTree", "PositionSeededSampler", "TreeActivation",
     "build_model", "chance_band", "data", "evaluate", "finalize", "fit", "magnitude_prune",
-    "make_searchable", "run", "sites", "sparsity_report", "trial_score",
+    "make_searchable", "run", "sites", "sparsity_report", "SurrogateSampler", "trial_score", "zero_cost",
 ]

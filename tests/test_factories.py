@@ -12,7 +12,7 @@ from safs_optuna.pipeline.factories import PRUNERS, SAMPLERS, START_POINTS, make
 from safs_optuna.pipeline.resources import Resources
 from safs_optuna.pipeline.stages import STAGES, Kind, Searches
 from safs_optuna.pruners import DivergencePruner, HalvingPruner, IncumbentPruner
-from safs_optuna.samplers import LAHCSampler, PositionSeededSampler
+from safs_optuna.samplers import LAHCSampler, PositionSeededSampler, SurrogateSampler
 
 SEARCHES = [s for s in STAGES if s.kind == Kind.SEARCH]
 
@@ -33,7 +33,7 @@ def test_the_registries_hold_exactly_the_names_the_config_accepts():
 def test_every_sampler_name_is_accepted_and_builds(tmp_path, name, stage):
     cfg = _cfg(tmp_path, stage.section, sampler=name)
     sampler = make_sampler(cfg, stage, Resources(cfg))
-    expected = LAHCSampler if name == "lahc" else PositionSeededSampler
+    expected = {"lahc": LAHCSampler, "surrogate": SurrogateSampler}.get(name, PositionSeededSampler)
     assert isinstance(sampler, expected)
 
 

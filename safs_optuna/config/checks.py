@@ -155,6 +155,10 @@ def check_study(c: StudyConfig, ctx: Context, prefix: str) -> StudyConfig:
         # "auto" waits for the start point to leave the chance band, which only accuracy has.
         ctx.fail("activations.epochs", f'"auto" needs [training] metric = "{ACCURACY_METRIC}" (it waits '
                                        "for the start point to leave chance level); give a number of epochs")
+    if c.activations.surrogate_features and c.activations.sampler != "surrogate":
+        ctx.fail("activations.surrogate_features", f"only the surrogate sampler reads it, and [activations] "
+                                                   f"sampler is {show(c.activations.sampler)}; set sampler = "
+                                                   '"surrogate" or leave surrogate_features out')
     return c
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 __all__ = ["PRUNERS", "SAMPLERS"]
 
-SAMPLERS: tuple[str, ...] = ("lahc", "random", "tpe")
+SAMPLERS: tuple[str, ...] = ("lahc", "random", "tpe", "surrogate")
 """Samplers a stage can use: ``lahc`` (:class:`~safs_optuna.samplers.lahc.LAHCSampler`),
-Optuna's ``random`` and ``tpe``."""
+Optuna's ``random`` and ``tpe``, and ``surrogate``
+(:class:`~safs_optuna.samplers.SurrogateSampler`: a nearest-neighbour regression on the finished
+trials proposes the candidate it predicts best)."""
 
 PRUNERS: tuple[str, ...] = (
     "none",

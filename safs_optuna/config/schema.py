@@ -220,6 +220,9 @@ class ActivationsConfig:
                     choices=Choices("safs_optuna.samplers.lahc:VARIANTS", "LAHC variant"))
     warm_start: tuple[str, ...] = key((), "earlier winners queued first: study names in this storage, or "
                                           '.toml/.json files of site = "formula"')
+    surrogate_features: tuple[str, ...] = key(
+        (), "zero-cost features the surrogate sampler adds to the operators ([]: the operators alone)",
+        choices=Choices("safs_optuna.zero_cost:FEATURES", "zero-cost feature"))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ..sparsity import sparsity_report
 from ..storage import staging
 from ..training import DivergedError, EpochStats, FitResult, HParams, UserFitError, evaluate, fit, fit_with
 from .compute import TRAIN_IMAGES_ATTR, TRAINED_EPOCHS_ATTR, searched_epochs
+from .features import record_features
 from .fidelity import record_auto_epochs, trial_epochs
 from .gradual import prune_gradually
 from .logs import epoch_line, shown
@@ -228,11 +229,13 @@ def search(pipe: Pipeline, stage: Stage, trial: optuna.Trial) -> float:
         model = res.fresh(trees(pipe, stage), learn_scale=learn)
     trial.set_user_attr(INPUTS_ATTR, pipe.studies.inputs(stage))
     _record(pipe, trial, model)
+    label = f"{stage.name} #{trial.number}"
+    if stage.searches == Searches.TREES:
+        record_features(pipe, trial, model, label)
     splits = res.search_splits(getattr(cfg, stage.section).fraction)
     trial.set_user_attr(TRAIN_IMAGES_ATTR, len(splits.train))
     study = pipe.studies.study(stage)
     epochs, until = trial_epochs(cfg, stage, study, trial, splits.val, pipe.log)
-    label = f"{stage.name} #{trial.number}"
     try:
         result = _fit(pipe, model, splits, hp, epochs, label, trial, until)
     except DivergedError as exc:

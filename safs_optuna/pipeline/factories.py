@@ -15,8 +15,9 @@ import optuna
 from ..config import StudyConfig
 from ..pruners import DivergencePruner, HalvingPruner, IncumbentPruner
 from ..ranking import trial_score
-from ..samplers import LAHCSampler
+from ..samplers import LAHCSampler, SurrogateSampler
 from ..samplers.seeded import PositionSeededSampler, position_seed
+from .features import describer
 from .fidelity import configured_epochs
 from .protocols import default_protocol_params
 from .stages import Kind, Searches, Stage
@@ -52,7 +53,18 @@ def _tpe(cfg: StudyConfig, stage: Stage, seed: int, res: Resources) -> optuna.sa
                                              group=True, constant_liar=True), seed)
 
 
-SAMPLERS: dict[str, SamplerBuilder] = {"lahc": _lahc, "random": _random, "tpe": _tpe}
+def _surrogate(cfg: StudyConfig, stage: Stage, seed: int, res: Resources) -> optuna.samplers.BaseSampler:
+    trees = stage.searches == Searches.TREES
+    startup = max(3, min(10, getattr(cfg, stage.section).trials // 4))
+    # Zero-cost features describe activations; a stage that searches protocols has none.
+    describe = describer(cfg, res) if trees else None
+    # Each candidate weighed with features is measured (about a forward pass): fewer of them.
+    return SurrogateSampler(seed=seed, n_startup_trials=startup, pool_size=256 if describe is None else 64,
+                            describe=describe, canonical_key=res.space.canonical_key if trees else None,
+                            score=trial_score)
+
+
+SAMPLERS: dict[str, SamplerBuilder] = {"lahc": _lahc, "random": _random, "tpe": _tpe, "surrogate": _surrogate}
 """Sampler of a search stage by ``[activations]``/``[hpo]`` ``sampler``: builder(cfg, stage, seed, res)."""
 
 

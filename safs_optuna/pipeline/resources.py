@@ -24,6 +24,7 @@ from ..space import ActivationSpace
 from ..sparsity import magnitude_prune
 from ..sources import call_accepting
 from ..storage import make_artifact_store, read_failure, staging
+from ..zero_cost import Probe, probe_batch
 from .stages import STAGES, Body
 from .usercode import NetworkBuilder, UserCode
 
@@ -72,6 +73,7 @@ class Resources:
         self._trials = trials
         self._splits: data_mod.Splits | None = None
         self._subsets: dict[float, data_mod.Splits] = {}
+        self._probe: Probe | None = None
         self._sparse: nn.Module | None = None
         self._space: ActivationSpace | None = None
         self._own: dict[str, OperatorTree] | None = None
@@ -90,6 +92,14 @@ class Resources:
         if fraction not in self._subsets:  # the same subset for every trial: made once per worker
             self._subsets[fraction] = self.splits.search_subset(fraction, seed=self.cfg.seed)
         return self._subsets[fraction]
+
+    def probe(self) -> Probe:
+        """The batch of the search's training images that zero-cost features are measured on (made
+        once, from the seed: the same for every worker)."""
+        if self._probe is None:
+            train = self.search_splits(self.cfg.activations.fraction).train
+            self._probe = probe_batch(train, seed=self.cfg.seed)
+        return self._probe
 
     @property
     def arch(self) -> dict[str, Any]:
