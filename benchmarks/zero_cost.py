@@ -132,30 +132,17 @@ def _score(row: dict, band: float) -> tuple[float, float]:
     return curve_score(row["val_accuracy"], row["val_loss"], band)
 
 
-def _ranks(values: list) -> list[float]:
-    """Ranks from 1, ties (equal values, tuples compared whole) at their average rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(a: list, b: list) -> float:
-    """Spearman's ρ: Pearson's correlation of the ranks (tuples ranked lexicographically); NaN
-    where either side is constant."""
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = sum((x - ma) ** 2 for x in ra)
-    vb = sum((y - mb) ** 2 for y in rb)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else math.nan
+    """Spearman's ρ of two samples; ``b`` may hold tuples (scores), ranked lexicographically.
+    NaN where either side is constant."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    order = {v: i for i, v in enumerate(sorted(set(b)))}  # ties stay ties, order is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant side: NaN, said in the table
+        return float(spearmanr(a, [order[v] for v in b]).statistic)
 
 
 def rhos(run: dict) -> dict[str, float]:
