@@ -138,3 +138,27 @@ def emit_table(lines: list[str], rows: Iterable[str], out: str | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text)
+
+
+def config_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as config overrides, read as the command line reads them."""
+    from safs_optuna.cli import _overrides
+
+    return _overrides(argparse.Namespace(set=items))
+
+
+def sparse_network(cfg, splits, seed: int):
+    """The config's network trained dense and pruned to its sparsity, seeded as the pipeline's
+    dense and sparse stages are: the network every fine-tune of a run starts from."""
+    import torch
+
+    from safs_optuna import build_model, fit, magnitude_prune, make_searchable
+
+    arch = {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
+            "image_size": splits.image_size}
+    torch.manual_seed(seed)  # as the pipeline's dense stage
+    sparse = make_searchable(build_model(**arch))
+    fit(sparse, splits, cfg.protocol.hparams(), cfg.dense.epochs, seed=seed, progress=False)
+    sp = cfg.sparsity
+    magnitude_prune(sparse, sp.ratio, scope=sp.scope, skip=sp.skip, min_density=sp.min_density)
+    return sparse

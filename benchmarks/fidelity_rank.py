@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -53,13 +52,6 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _parse_set(items: list[str]) -> dict:
-    """``--set KEY=VALUE`` items as config overrides, read as the command line reads them."""
-    from safs_optuna.cli import _overrides
-
-    return _overrides(argparse.Namespace(set=items))
-
-
 def _one(workdir: str, dataset: str, seed: int, n: int, short_epochs: int, short_fraction: float,
          overrides: list[str]) -> dict:
     done = Path(workdir) / f"fid-{dataset}-s{seed}-n{n}-e{short_epochs}-f{short_fraction:g}.json"
@@ -68,7 +60,7 @@ def _one(workdir: str, dataset: str, seed: int, n: int, short_epochs: int, short
     import optuna
     import torch
 
-    from safs_optuna import build_model, evaluate, fit, magnitude_prune, make_searchable, sites
+    from safs_optuna import evaluate, fit, sites
     from safs_optuna.config import load_config
     from safs_optuna.pipeline.protocols import default_protocol_params, hparams_from_params, suggest_hparams
     from safs_optuna.pipeline.resources import load_splits
@@ -77,18 +69,13 @@ def _one(workdir: str, dataset: str, seed: int, n: int, short_epochs: int, short
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = load_config(CONFIG, {**_parse_set(overrides), "seed": seed})
+    cfg = load_config(CONFIG, {**bench_args.config_overrides(overrides), "seed": seed})
     splits = load_splits(cfg)
     short_splits = splits if short_fraction >= 1 else splits.search_subset(short_fraction, seed=seed)
-    arch = {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
-            "image_size": splits.image_size}
     base = cfg.protocol.hparams()
     start = time.time()
-    torch.manual_seed(seed)  # as the pipeline's dense stage
-    sparse = make_searchable(build_model(**arch))
-    fit(sparse, splits, base, cfg.dense.epochs, seed=seed, progress=False)
+    sparse = bench_args.sparse_network(cfg, splits, seed)
     sp = cfg.sparsity
-    magnitude_prune(sparse, sp.ratio, scope=sp.scope, skip=sp.skip, min_density=sp.min_density)
     own = {site: sparse.get_submodule(site).tree for site in sites(sparse)}
     space = ActivationSpace.preset(cfg.activations.preset)
 

@@ -41,7 +41,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_args  # noqa: E402
 from bench_args import fmt as _fmt  # noqa: E402
-from fidelity_rank import _parse_set  # noqa: E402
 from svg_plot import Series, line_plot  # noqa: E402
 
 CONFIG = ROOT / "studies" / "quickstart.toml"
@@ -72,7 +71,7 @@ def _one(workdir: str, dataset: str, sampler: str, seed: int, epochs: int, overr
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = {**_parse_set(overrides), **SAMPLERS[sampler], "seed": seed, "name": name,
+    settings = {**bench_args.config_overrides(overrides), **SAMPLERS[sampler], "seed": seed, "name": name,
                 "storage": f"sqlite:///{Path(workdir) / (name + '.db')}",
                 "artifacts": str(Path(workdir) / (name + ".artifacts")),
                 "ablations": False, "activations.pruner": "none", "activations.epochs": epochs}

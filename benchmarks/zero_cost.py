@@ -36,10 +36,6 @@ CONFIG = ROOT / "studies" / "quickstart.toml"
 PROBE_SIZE = 256
 
 
-def _parse_set(items: list[str]) -> dict:
-    from safs_optuna.cli import _overrides
-
-    return _overrides(argparse.Namespace(set=items))
 
 
 def _candidates(space, own: dict, n: int, seed: int) -> list[dict]:
@@ -67,7 +63,7 @@ def _one(workdir: str, dataset: str, seed: int, n: int, epochs: int, overrides: 
     import optuna
     import torch
 
-    from safs_optuna import build_model, fit, magnitude_prune, make_searchable, sites
+    from safs_optuna import fit, sites
     from safs_optuna.config import load_config
     from safs_optuna.pipeline.resources import load_splits
     from safs_optuna.ranking import chance_band
@@ -77,7 +73,7 @@ def _one(workdir: str, dataset: str, seed: int, n: int, epochs: int, overrides: 
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = load_config(CONFIG, {**_parse_set(overrides), "seed": seed})
+    cfg = load_config(CONFIG, {**bench_args.config_overrides(overrides), "seed": seed})
     fraction = cfg.activations.fraction
     rows_path = Path(workdir) / f"zc-{dataset}-s{seed}-n{n}-e{epochs}-f{fraction:g}.jsonl"
     done = rows_path.with_suffix(".json")
@@ -85,15 +81,10 @@ def _one(workdir: str, dataset: str, seed: int, n: int, epochs: int, overrides: 
         return json.loads(done.read_text())
     splits = load_splits(cfg)
     search = splits if fraction >= 1 else splits.search_subset(fraction, seed=seed)
-    arch = {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
-            "image_size": splits.image_size}
     hp = cfg.protocol.hparams()
     start = time.time()
-    torch.manual_seed(seed)  # as the pipeline's dense stage
-    sparse = make_searchable(build_model(**arch))
-    fit(sparse, splits, hp, cfg.dense.epochs, seed=seed, progress=False)
+    sparse = bench_args.sparse_network(cfg, splits, seed)
     sp = cfg.sparsity
-    magnitude_prune(sparse, sp.ratio, scope=sp.scope, skip=sp.skip, min_density=sp.min_density)
     own = {site: sparse.get_submodule(site).tree for site in sites(sparse)}
     space = ActivationSpace.preset(cfg.activations.preset)
     probe = probe_batch(search.train, PROBE_SIZE, seed)
