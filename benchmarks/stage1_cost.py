@@ -17,6 +17,9 @@ Methods:
 * ``surrogate``: the surrogate sampler (a nearest-neighbour regression on the finished
   candidates' operators proposes the one it predicts best), "auto" epochs, the incumbent pruner.
 * ``surrogate-third``: the same with a third of the candidates.
+* ``random-third``: random search with a third of the candidates and the incumbent pruner (for a
+  sampler other than LAHC it compares with the best earlier candidate): what the surrogate's
+  regression adds over its pool's random draws and the pruner.
 * ``surrogate-features-third``: the surrogate with a third of the candidates, its regression
   also given the zero-cost feature that ranked trained candidates in every seed of both
   datasets of ``zero_cost.py`` (``response_gain``).
@@ -55,11 +58,13 @@ METHODS = {
     "lahc-third": ["activations.trials=7"],
     "surrogate": ['activations.sampler="surrogate"'],
     "surrogate-third": ['activations.sampler="surrogate"', "activations.trials=7"],
+    "random-third": ['activations.sampler="random"', "activations.trials=7"],
     "surrogate-features-third": ['activations.sampler="surrogate"', "activations.trials=7",
                                  'activations.surrogate_features=["response_gain"]'],
 }
 COLOURS = {"lahc": "#1f77b4", "lahc-halving": "#d62728", "random-halving": "#2ca02c", "lahc-third": "#7f7f7f",
-           "surrogate": "#9467bd", "surrogate-third": "#ff7f0e", "surrogate-features-third": "#8c564b"}
+           "surrogate": "#9467bd", "surrogate-third": "#ff7f0e", "surrogate-features-third": "#8c564b",
+           "random-third": "#17becf"}
 
 
 def _run(workdir: Path, dataset: str, method: str, seed: int, overrides: list[str], device: str,
