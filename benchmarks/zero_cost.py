@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -173,7 +174,7 @@ def _summary(runs: list[dict], dataset: str, held: dict[str, str]) -> list[str]:
     errors = sum(bool(x["errors"]) for r in rs for x in r["rows"])
     lines = [f"## {dataset}", "",
              f"{r0['n']} candidates per seed of the `{r0['preset']}` space (the own activations first), "
-             f"sparsity {r0['sparsity']}, each trained {r0['epochs']} epochs on {r0['fraction']:g} of the "
+             f"sparsity {r0['sparsity']}, each trained {r0['epochs']} epochs on {100 * r0['fraction']:g} % of the "
              f"training split; seeds {','.join(str(r['seed']) for r in rs)}. Candidates that left the chance "
              f"band: {', '.join(str(x) for x in left)} of {r0['n']}. Candidates with a feature that failed: "
              f"{errors}.", "",
@@ -220,7 +221,9 @@ def main() -> None:
              + ".", ""]
     for dataset in dict.fromkeys(j[1] for j in jobs):
         lines += _summary(runs, dataset, held)
-    lines += [f"- {n}" for n in notes]
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    lines += [f"- {n}" for n in notes] + [f"Code: commit {commit}."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
