@@ -174,20 +174,23 @@ class ProtocolConfig:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-def _stage_keys(sampler: str, epochs: int | str, word: str, epochs_doc: str) -> dict[str, Any]:
+def _stage_keys(sampler: str, epochs: int | str, word: str, epochs_doc: str, trials: int) -> dict[str, Any]:
     """The keys both search stages have (a dataclass field cannot be shared between classes)."""
     return dict(
         sampler=key(sampler, "the Optuna sampler", choices=Choices(SAMPLERS, "sampler")),
         pruner=key("incumbent", "the Optuna pruner (early stopping of trials)",
                    choices=Choices(PRUNERS, "pruner")),
-        trials=key(20, "trials of the stage, shared by all workers", range=(1, _MAX_TRIALS)),
+        trials=key(trials, "trials of the stage, shared by all workers", range=(1, _MAX_TRIALS)),
         epochs=key(epochs, epochs_doc, range=_EPOCHS, words=(word,)),
         fraction=key(1.0, "fraction of the training split each trial trains on", **_FRACTION),
     )
 
 
-_ACTIVATIONS_STAGE = _stage_keys("lahc", AUTO, AUTO, 'epochs per candidate; "auto": measured by the start trial')
-_HPO_STAGE = _stage_keys("tpe", FINAL, FINAL, 'epochs per protocol; "final": as long as the full fine-tune')
+# Stage 1's default: the surrogate sampler with 7 candidates reached the stage-1 gain of LAHC
+# with 20 within one sd, with at most a third of its epochs, on two datasets over 3 seeds
+# (benchmarks/results/stage1_cost_*.md).
+_ACTIVATIONS_STAGE = _stage_keys("surrogate", AUTO, AUTO, 'epochs per candidate; "auto": measured by the start trial', 7)
+_HPO_STAGE = _stage_keys("tpe", FINAL, FINAL, 'epochs per protocol; "final": as long as the full fine-tune', 20)
 
 
 @dataclass(frozen=True)
