@@ -9,7 +9,7 @@ For each (dataset, sampler, seed) it runs the pipeline of ``studies/quickstart.t
 * ``random``: Optuna's random sampler;
 * ``tpe``: Optuna's TPE sampler (multivariate, grouped, as the pipeline configures it).
 
-Every sampler gets the same number of candidates (``activations.trials``) and the same epochs
+Every sampler gets the same number of candidates (20) and the same epochs
 per candidate (``--epochs``, fixed: "auto" measures them from the start trial, which differs
 between samplers), and no pruner, so each candidate costs the same. The stage-1 winner is then
 fine-tuned for ``[final] epochs`` with the default protocol and scored on the test split.
@@ -74,7 +74,8 @@ def _one(workdir: str, dataset: str, sampler: str, seed: int, epochs: int, overr
     settings = {**bench_args.config_overrides(overrides), **SAMPLERS[sampler], "seed": seed, "name": name,
                 "storage": f"sqlite:///{Path(workdir) / (name + '.db')}",
                 "artifacts": str(Path(workdir) / (name + ".artifacts")),
-                "ablations": False, "activations.pruner": "none", "activations.epochs": epochs}
+                "ablations": False, "activations.pruner": "none", "activations.epochs": epochs,
+                "activations.trials": 20}
     cfg = load_config(CONFIG, settings)
     start = time.time()
     pipe = Pipeline(cfg, log=lambda msg: None)
