@@ -196,4 +196,4 @@ def test_the_config_names_a_bad_feature_and_features_without_the_surrogate():
     with pytest.raises(ConfigError, match="unknown zero-cost feature 'gain'; valid: response_gain"):
         _surrogate_cfg(["gain"])
     with pytest.raises(ConfigError, match='only the surrogate sampler reads it.*"lahc"'):
-        parse_config({"name": "t", "activations": {"surrogate_features": ["response_gain"]}})
+        parse_config({"name": "t", "activations": {"sampler": "lahc", "surrogate_features": ["response_gain"]}})
