@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial
 from safs_optuna.samplers.lahc._chain import FINISHED, value_score
 from safs_optuna.samplers.lahc._claims import all_trials, anchor, claim_unseen, default_key, pending_below
 from safs_optuna.samplers.lahc._moves import _to_unit, random_value
+from safs_optuna.samplers.lahc._sampler import _base_seed
 
 __all__ = ["SurrogateSampler"]
 
@@ -83,7 +84,7 @@ class SurrogateSampler(BaseSampler):
                                  ("k", k, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        self._seed = int(np.random.SeedSequence().entropy if seed is None else seed) % 2**64
+        self._seed = _base_seed(seed)
         self._startup = n_startup_trials
         self._pool = pool_size
         self._k = k
@@ -93,7 +94,7 @@ class SurrogateSampler(BaseSampler):
         self._described: dict[Hashable, np.ndarray] = {}  # a cache only: describe is a function
 
     def reseed_rng(self) -> None:
-        self._seed = int(np.random.SeedSequence().entropy) % 2**64
+        self._seed = _base_seed(None)
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
