@@ -22,9 +22,10 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "data": "", "OperatorTree": "activation", "TreeActivation": "activation", "MODELS": "models",
     "build_model": "models", "make_searchable": "models", "sites": "models", "BINARY": "operators",
-    "UNARY": "operators", "DivergencePruner": "pruners", "IncumbentPruner": "pruners",
-    "chance_band": "ranking", "trial_score": "ranking", "LAHCSampler": "samplers",
-    "PositionSeededSampler": "samplers", "SurrogateSampler": "samplers", "zero_cost": "", "ActivationSpace": "space", "finalize": "sparsity",
+    "UNARY": "operators", "DivergencePruner": "pruners", "HalvingPruner": "pruners",
+    "IncumbentPruner": "pruners", "chance_band": "ranking", "trial_score": "ranking",
+    "LAHCSampler": "samplers", "PositionSeededSampler": "samplers", "SurrogateSampler": "samplers",
+    "zero_cost": "", "ActivationSpace": "space", "finalize": "sparsity",
     "magnitude_prune": "sparsity", "sparsity_report": "sparsity", "Diverged": "training",
     "DivergedError": "training", "HParams": "training", "evaluate": "training", "fit": "training",
     "run": "pipeline.launch",
@@ -48,7 +49,8 @@ def __dir__() -> list[str]:
 # ``Diverged`` is importable as a deprecated alias of DivergedError but left out of __all__.
 __all__ = [
     "BINARY", "MODELS", "UNARY", "ActivationSpace", "DivergedError", "DivergencePruner", "HParams",
-    "IncumbentPruner", "LAHCSampler", "OperatorTree", "PositionSeededSampler", "TreeActivation",
-    "build_model", "chance_band", "data", "evaluate", "finalize", "fit", "magnitude_prune",
-    "make_searchable", "run", "sites", "sparsity_report", "SurrogateSampler", "trial_score", "zero_cost",
+    "HalvingPruner", "IncumbentPruner", "LAHCSampler", "OperatorTree", "PositionSeededSampler",
+    "SurrogateSampler", "TreeActivation", "build_model", "chance_band", "data", "evaluate", "finalize",
+    "fit", "magnitude_prune", "make_searchable", "run", "sites", "sparsity_report", "trial_score",
+    "zero_cost",
 ]

@@ -148,9 +148,9 @@ def test_a_trial_asked_before_the_first_suggests_waits_for_it(tmp_path: Any) -> 
 def test_a_trial_beside_a_silent_first_one_starts_at_random(tmp_path: Any, monkeypatch: Any) -> None:
     # The first trial never suggests: after the wait the second draws a random configuration,
     # a different one per trial, instead of repeating the initial one.
-    from safs_optuna.samplers.lahc import _claims as lahc
+    from safs_optuna.samplers import claims
 
-    monkeypatch.setattr(lahc, "_ANCHOR_WAIT_S", 0.05)
+    monkeypatch.setattr(claims, "_ANCHOR_WAIT_S", 0.05)
     study = make_study(sqlite(tmp_path))
     study.ask()
     drawn = [suggest(study.ask()) for _ in range(3)]
@@ -679,7 +679,7 @@ def test_a_proposal_matching_a_trial_whose_claim_is_still_partial_clashes():
     # takes the rest later: any proposal that agrees with what it has may end up equal to it.
     from optuna.trial import create_trial
 
-    from safs_optuna.samplers.lahc._claims import CLAIM_ATTR as _CLAIM_ATTR, matches_partial as _matches_partial
+    from safs_optuna.samplers.claims import CLAIM_ATTR as _CLAIM_ATTR, matches_partial as _matches_partial
 
     space = {f"s{i}.left": CategoricalDistribution(["relu", "selu"]) for i in range(4)}
     claim = {"s0.left": "selu", "s1.left": "relu"}

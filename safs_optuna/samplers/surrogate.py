@@ -13,10 +13,17 @@ from optuna.search_space import intersection_search_space
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from safs_optuna.samplers.lahc._chain import FINISHED, value_score
-from safs_optuna.samplers.lahc._claims import all_trials, anchor, claim_unseen, default_key, pending_below
-from safs_optuna.samplers.lahc._moves import _to_unit, random_value
-from safs_optuna.samplers.lahc._sampler import _base_seed
+from safs_optuna.samplers.claims import (
+    FINISHED,
+    all_trials,
+    anchor,
+    base_seed,
+    claim_unseen,
+    default_key,
+    pending_below,
+)
+from safs_optuna.samplers.lahc._chain import value_score
+from safs_optuna.samplers.values import random_value, to_unit
 
 __all__ = ["SurrogateSampler"]
 
@@ -84,7 +91,7 @@ class SurrogateSampler(BaseSampler):
                                  ("k", k, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        self._seed = _base_seed(seed)
+        self._seed = base_seed(seed)
         self._startup = n_startup_trials
         self._pool = pool_size
         self._k = k
@@ -94,7 +101,7 @@ class SurrogateSampler(BaseSampler):
         self._described: dict[Hashable, np.ndarray] = {}  # a cache only: describe is a function
 
     def reseed_rng(self) -> None:
-        self._seed = _base_seed(None)
+        self._seed = base_seed(None)
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -140,8 +147,8 @@ class SurrogateSampler(BaseSampler):
             if isinstance(dist, CategoricalDistribution):
                 parts += [float(c == value and type(c) is type(value)) for c in dist.choices]
             else:
-                low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
-                parts.append((_to_unit(dist, value) - low) / (high - low) if high > low else 0.0)
+                low, high = to_unit(dist, dist.low), to_unit(dist, dist.high)
+                parts.append((to_unit(dist, value) - low) / (high - low) if high > low else 0.0)
         return np.asarray(parts, dtype=float)
 
     def _features(self, params: dict[str, Any]) -> np.ndarray:

@@ -9,11 +9,11 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from safs_optuna.samplers.claims import FINISHED
+
 __all__ = [
     "PAPER_CODE", "RULES", "TEXTBOOK", "VARIANTS", "Chain", "Rules", "replay", "rules_of", "value_score",
 ]
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)

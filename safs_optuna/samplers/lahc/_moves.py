@@ -18,8 +18,9 @@ from optuna.distributions import (
 )
 
 from safs_optuna import optuna_private
+from safs_optuna.samplers.values import from_unit, random_value, snap, to_unit
 
-__all__ = ["Proposer", "initial_value", "random_value"]
+__all__ = ["Proposer", "initial_value"]
 
 _logger = logging.getLogger(__name__)
 
@@ -238,47 +239,23 @@ def initial_value(name: str, dist: BaseDistribution, initial_params: Mapping[str
                 return preferred
         return dist.choices[0]
     if isinstance(dist, (IntDistribution, FloatDistribution)):
-        low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
-        return _snap(dist, _from_unit(dist, (low + high) / 2))
+        low, high = to_unit(dist, dist.low), to_unit(dist, dist.high)
+        return snap(dist, from_unit(dist, (low + high) / 2))
     raise ValueError(f"unsupported distribution {dist!r} for {name!r}")
-
-
-# Numbers move in the coordinates below: the value, or its log for a log distribution, snapped
-# back with Python's round. Optuna's own transform (``optuna._transform._SearchSpaceTransform``)
-# maps the same coordinates, but it is private and its way back changed between releases: an int
-# halfway between two steps goes to the even one in Optuna 4.0 (as here) and up in 5.x
-# (IntDistribution(0, 5)'s midpoint becomes 3), and a float range's upper bound is excluded.
-# Through it the same seed would draw different trials per Optuna version, so a study resumed
-# after an upgrade would leave its chain.
-def _to_unit(dist: IntDistribution | FloatDistribution, value: float) -> float:
-    return math.log(value) if dist.log else float(value)
-
-
-def _from_unit(dist: IntDistribution | FloatDistribution, y: float) -> float:
-    return math.exp(y) if dist.log else y
-
-
-def _snap(dist: IntDistribution | FloatDistribution, value: float) -> int | float:
-    """Clip to the range and round to the step grid, in the distribution's type."""
-    value = min(max(value, dist.low), dist.high)
-    if dist.step is not None:
-        value = dist.low + round((value - dist.low) / dist.step) * dist.step
-        value = min(max(value, dist.low), dist.high)
-    return int(round(value)) if isinstance(dist, IntDistribution) else float(value)
 
 
 def _numeric_neighbour(
     rng: np.random.Generator, dist: IntDistribution | FloatDistribution, value: float
 ) -> int | float:
-    low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
-    x = _to_unit(dist, value)
+    low, high = to_unit(dist, dist.low), to_unit(dist, dist.high)
+    x = to_unit(dist, value)
     y = x + rng.normal(0.0, _STEP_FRACTION * (high - low))
     # Reflect rather than clip, so that a value sitting on a bound still moves inward.
     if y > high:
         y = high - (y - high)
     if y < low:
         y = low + (low - y)
-    new = _snap(dist, _from_unit(dist, y))
+    new = snap(dist, from_unit(dist, y))
     if new == value:  # the step was finer than the grid: take one grid step that way
         new = _grid_step(dist, value, 1 if y >= x else -1)
     return new
@@ -287,10 +264,10 @@ def _numeric_neighbour(
 def _grid_step(dist: IntDistribution | FloatDistribution, value: float, direction: int) -> int | float:
     step = dist.step if dist.step is not None else _STEP_FRACTION * (dist.high - dist.low)
     for sign in (direction, -direction):
-        new = _snap(dist, value + sign * step)
+        new = snap(dist, value + sign * step)
         if new != value:
             return new
-    return _snap(dist, value)
+    return snap(dist, value)
 
 
 def _neighbour_values(dist: BaseDistribution, value: Any) -> list[Any]:
@@ -304,13 +281,13 @@ def _neighbour_values(dist: BaseDistribution, value: Any) -> list[Any]:
         n_grid = int(round((dist.high - dist.low) / dist.step)) + 1
         reach = min(10, max(1, round(_STEP_FRACTION * n_grid)))
         for d in range(1, reach + 1):
-            candidates += [_snap(dist, value - d * dist.step), _snap(dist, value + d * dist.step)]
+            candidates += [snap(dist, value - d * dist.step), snap(dist, value + d * dist.step)]
     else:
-        low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
-        x = _to_unit(dist, value)
+        low, high = to_unit(dist, dist.low), to_unit(dist, dist.high)
+        x = to_unit(dist, value)
         for fraction in (0.05, 0.1, 0.2):
             for y in (x - fraction * (high - low), x + fraction * (high - low)):
-                candidates.append(_snap(dist, _from_unit(dist, min(max(y, low), high))))
+                candidates.append(snap(dist, from_unit(dist, min(max(y, low), high))))
     return list(dict.fromkeys(c for c in candidates if c != value))
 
 
@@ -322,14 +299,5 @@ def _all_values(dist: BaseDistribution) -> list[Any] | None:
         n_grid = int(round((dist.high - dist.low) / dist.step)) + 1
         if n_grid > _MAX_ENUMERATED_SPACE:
             return None
-        return list(dict.fromkeys(_snap(dist, dist.low + i * dist.step) for i in range(n_grid)))
+        return list(dict.fromkeys(snap(dist, dist.low + i * dist.step) for i in range(n_grid)))
     return None
-
-
-def random_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
-    """A uniformly random value of ``dist`` (uniform in the log range for a log one)."""
-    if isinstance(dist, CategoricalDistribution):
-        return dist.choices[rng.integers(len(dist.choices))]
-    assert isinstance(dist, (IntDistribution, FloatDistribution))
-    low, high = _to_unit(dist, dist.low), _to_unit(dist, dist.high)
-    return _snap(dist, _from_unit(dist, rng.uniform(low, high)))

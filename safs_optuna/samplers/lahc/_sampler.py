@@ -15,17 +15,20 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from safs_optuna import optuna_private
-from safs_optuna.samplers.lahc._chain import FINISHED, Chain, replay, rules_of, value_score
-from safs_optuna.samplers.lahc._claims import (
+from safs_optuna.samplers.claims import (
+    FINISHED,
     all_trials,
     anchor,
+    base_seed,
     claim_unseen,
     default_key,
     pending_below,
     running_below,
     wait_for_anchor,
 )
-from safs_optuna.samplers.lahc._moves import Proposer, initial_value, random_value
+from safs_optuna.samplers.lahc._chain import Chain, replay, rules_of, value_score
+from safs_optuna.samplers.lahc._moves import Proposer, initial_value
+from safs_optuna.samplers.values import random_value
 
 __all__ = ["LAHCSampler"]
 
@@ -120,7 +123,7 @@ class LAHCSampler(BaseSampler):
             raise ValueError(f"swap_probability must be in [0, 1], got {swap_probability!r}")
         self._rules = rules_of(variant)  # a ValueError listing the valid names
         self._history_length = history_length
-        self._seed = _base_seed(seed)
+        self._seed = base_seed(seed)
         self._key = canonical_key if canonical_key is not None else default_key
         self._initial_params = dict(initial_params or {})
         self._swap_probability = float(swap_probability)
@@ -170,7 +173,7 @@ class LAHCSampler(BaseSampler):
     def reseed_rng(self) -> None:
         # Distinct proposals across workers do not depend on this (the trial's position does);
         # like Optuna's samplers, reseeding just draws a fresh base seed.
-        self._seed = _base_seed(None)
+        self._seed = base_seed(None)
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -270,8 +273,3 @@ class _IncrementalIntersection:
             self._state = (storage, study_id, folded | {optuna_private.trial_id(t) for t in new}, space)
         return dict(sorted((space or {}).items()))
 
-
-def _base_seed(seed: int | None) -> int:
-    if seed is None:
-        return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
-    return int(seed) % 2**64  # SeedSequence wants a non-negative int

@@ -1,12 +1,13 @@
-"""How workers sharing one study keep out of each other's way: the study's trials as the storage
-holds them, claims of proposals, and the wait for a first trial's parameters."""
+"""How workers sharing one study keep out of each other's way, for any sampler whose draws are a
+function of its seed and the storage: the study's trials as the storage holds them, claims of
+proposals, and the wait for a first trial's parameters."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -14,11 +15,12 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from safs_optuna import optuna_private
-from safs_optuna.samplers.lahc._chain import FINISHED
-from safs_optuna.samplers.lahc._moves import Proposer
 
 __all__ = [
     "CLAIM_ATTR",
+    "FINISHED",
+    "Proposes",
+    "base_seed",
     "all_trials",
     "anchor",
     "claim_unseen",
@@ -32,6 +34,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 # System attr in which a trial claims its proposal before returning it, and how often a
 # proposal that clashed with another worker's claim is replaced.
@@ -42,6 +45,23 @@ _CLAIM_TRIES = 8
 # repeating the initial configuration; past it, it starts from a random configuration.
 _ANCHOR_WAIT_S = 10.0
 _ANCHOR_POLL_S = 0.02
+
+
+class Proposes(Protocol):
+    """What :func:`claim_unseen` draws proposals from."""
+
+    space: Mapping[str, BaseDistribution]
+
+    def propose(self, rng: np.random.Generator, taken: set[Hashable]) -> dict[str, Any]:
+        """A configuration of ``space`` whose key is not in ``taken`` (where one is left)."""
+        ...
+
+
+def base_seed(seed: int | None) -> int:
+    """The sampler's base seed: ``seed`` as SeedSequence wants it, or fresh entropy for None."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+    return int(seed) % 2**64  # SeedSequence wants a non-negative int
 
 
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -132,13 +152,13 @@ def claim_unseen(
     study: optuna.Study,
     trial: FrozenTrial,
     trials: Sequence[FrozenTrial],
-    proposer: Proposer,
+    proposer: Proposes,
     key: Callable[[dict[str, Any]], Hashable],
     rng: np.random.Generator,
     seed: int,
     position: int,
 ) -> dict[str, Any]:
-    """A neighbour that no other trial (FAIL excepted) holds, claimed for ``trial`` in the storage.
+    """A proposal that no other trial (FAIL excepted) holds, claimed for ``trial`` in the storage.
 
     ``rng`` draws the first proposal; one that clashed with another worker's is replaced from a
     stream of ``seed``, the chain ``position`` and the trial's own number.
@@ -160,5 +180,5 @@ def claim_unseen(
         rng = np.random.default_rng([seed, position, trial.number, attempt])
         proposal = proposer.propose(rng, taken)
     storage.set_trial_system_attr(trial_id, CLAIM_ATTR, proposal)
-    _logger.debug("LAHC: trial %d still clashed after %d claims", trial.number, _CLAIM_TRIES)
+    _logger.debug("trial %d still clashed after %d claims", trial.number, _CLAIM_TRIES)
     return proposal
