@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import statistics
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -107,6 +108,12 @@ def command(script: str) -> str:
              if a not in (*valued, "--finished-only") and not a.startswith(tuple(f"{v}=" for v in valued))
              and (i == 0 or argv[i - 1] not in valued)]
     return " ".join([f"python benchmarks/{script}", *shown])
+
+
+def commit() -> str:
+    """The short commit of this checkout's HEAD, for the results file ("unknown" outside git)."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
 
 
 def fmt(values: list[float | None]) -> str:

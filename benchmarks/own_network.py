@@ -128,8 +128,7 @@ def main() -> None:
     lines += ["", "| model | seed | dense | baseline | SAFS | stage-1 winner's operators | epochs |", "|---" * 7 + "|"]
     lines += [f"| {r['model']} | {r['seed']} | {r['dense']} | {r['baseline']} | {r['final']} | "
               f"{', '.join(r.get('winner', []))} | {r['epochs']} |" for r in results]
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = bench_args.commit()
     lines += ["", f"Code: commit {commit}. This invocation took {time.time() - start:.0f} s "
                   "(finished runs are read back from their storage)."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -234,8 +234,7 @@ def main() -> None:
                      f"{r['candidates']} | {r['epochs_stage1']} | {r['epochs_per_candidate'] or 2} | "
                      f"{r.get('epochs_hpo', '—')}, {r.get('epochs_hpo-relu', '—')} | "
                      f"{_stopped(r)} | {r['code']} |")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = bench_args.commit()
     lines += [""] + [f"- {n}" for n in notes] + [
         f"Code: commit {commit} of this checkout" + (f"; `before` ran `{args.before_checkout}`" if args.before_checkout
                                                      else "") + ". "

@@ -175,8 +175,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, jobs))
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = bench_args.commit()
     for dataset, _ in found:
         lines, series, top = _rows(results, dataset)
         out = Path(args.out).with_name(f"stage1_cost_{dataset}.md")
@@ -192,7 +191,9 @@ def main() -> None:
                 "Test accuracy %, mean ± sd over seeds " + args.seeds + ". Stage-1 epochs count every "
                 "candidate's epochs, the start trial's included. The bar for a new default: at most a third of "
                 "`lahc`'s stage-1 epochs with a stage-1 gain within one sd of `lahc`'s. Wall time per run was "
-                "measured beside other jobs on the same machine: the epochs are the measure of cost.", "",
+                "measured beside other jobs on the same machine: the epochs are the measure of cost. Warm start "
+                "(`[activations] warm_start`) needs an earlier search to start from, so `warm_start.py` measures it "
+                "on two transfers ([warm_start.md](warm_start.md)).", "",
                 f"![stage-1 cost]({plot.name})", ""]
         per_seed = ["", "| method | seed | stage-1 epochs | winner | best validation | baseline | stage 1 |",
                     "|---" * 7 + "|"]

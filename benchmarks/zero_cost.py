@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -221,8 +220,7 @@ def main() -> None:
              + ".", ""]
     for dataset in dict.fromkeys(j[1] for j in jobs):
         lines += _summary(runs, dataset, held)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = bench_args.commit()
     lines += [f"- {n}" for n in notes] + [f"Code: commit {commit}."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
