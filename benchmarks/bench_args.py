@@ -47,9 +47,11 @@ def seeds(args: argparse.Namespace) -> list[int]:
 
 
 def workdir(args: argparse.Namespace) -> Path:
-    """``--workdir``, absolute (runs may start in other folders) and created."""
+    """``--workdir``, absolute (runs may start in other folders) and created, as is the folder of
+    ``--out``, so that a results file outside ``benchmarks/results`` is written at the end, not lost."""
     path = Path(args.workdir).resolve()
     path.mkdir(parents=True, exist_ok=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
