@@ -131,7 +131,6 @@ def main() -> None:
     commit = bench_args.commit()
     lines += ["", f"Code: commit {commit}. This invocation took {time.time() - start:.0f} s "
                   "(finished runs are read back from their storage)."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -239,7 +239,6 @@ def main() -> None:
         f"Code: commit {commit} of this checkout" + (f"; `before` ran `{args.before_checkout}`" if args.before_checkout
                                                      else "") + ". "
         f"This invocation took {time.time() - start:.0f} s (finished runs are read back from their storage)."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -108,7 +108,6 @@ def main() -> None:
     lines += [f"| {r['transfer']} | {r['start']} | {r['seed']} | {', '.join(r.get('winner', []))} | {r['baseline']} "
               f"| {r['stage1']} |" for r in runs]
     lines += ["", f"Code: commit {bench_args.commit()}."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

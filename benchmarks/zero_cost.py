@@ -222,7 +222,6 @@ def main() -> None:
         lines += _summary(runs, dataset, held)
     commit = bench_args.commit()
     lines += [f"- {n}" for n in notes] + [f"Code: commit {commit}."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -189,7 +189,8 @@ def _stage_keys(sampler: str, epochs: int | str, word: str, epochs_doc: str, tri
 # Stage 1's default: the surrogate sampler with 7 candidates reached the stage-1 gain of LAHC
 # with 20 within one sd, with at most a third of its epochs, on two datasets over 3 seeds
 # (benchmarks/results/stage1_cost_*.md).
-_ACTIVATIONS_STAGE = _stage_keys("surrogate", AUTO, AUTO, 'epochs per candidate; "auto": measured by the start trial', 7)
+_ACTIVATIONS_STAGE = _stage_keys("surrogate", AUTO, AUTO,
+                                 'epochs per candidate; "auto": measured by the start trial', 7)
 _HPO_STAGE = _stage_keys("tpe", FINAL, FINAL, 'epochs per protocol; "final": as long as the full fine-tune', 20)
 
 

@@ -5,6 +5,7 @@ proposals, and the wait for a first trial's parameters."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ __all__ = [
     "pending_below",
     "running_below",
     "taken_keys",
+    "value_score",
     "wait_for_anchor",
 ]
 
@@ -62,6 +64,15 @@ def base_seed(seed: int | None) -> int:
     if seed is None:
         return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
     return int(seed) % 2**64  # SeedSequence wants a non-negative int
+
+
+def value_score(maximize: bool) -> Callable[[FrozenTrial], float]:
+    """The default score: the objective value, negated when the study minimizes."""
+    def score(t: FrozenTrial) -> float:
+        if t.state != TrialState.COMPLETE or t.value is None:
+            return -math.inf
+        return t.value if maximize else -t.value
+    return score
 
 
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -21,8 +21,8 @@ from safs_optuna.samplers.claims import (
     claim_unseen,
     default_key,
     pending_below,
+    value_score,
 )
-from safs_optuna.samplers.lahc._chain import value_score
 from safs_optuna.samplers.values import random_value, to_unit
 
 __all__ = ["SurrogateSampler"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from safs_optuna.samplers.claims import FINISHED
+from safs_optuna.samplers.claims import FINISHED, value_score
 
 __all__ = [
     "PAPER_CODE", "RULES", "TEXTBOOK", "VARIANTS", "Chain", "Rules", "replay", "rules_of", "value_score",
@@ -125,12 +124,3 @@ def replay(
                 chain.history[slot] = (chain.value, chain.current)
         chain.position += 1
     return chain
-
-
-def value_score(maximize: bool) -> Callable[[FrozenTrial], float]:
-    """The default score: the objective value, negated when the study minimizes."""
-    def score(t: FrozenTrial) -> float:
-        if t.state != TrialState.COMPLETE or t.value is None:
-            return -math.inf
-        return t.value if maximize else -t.value
-    return score
