@@ -85,6 +85,57 @@ def test_threads_on_one_storage_never_duplicate(tmp_path):
     assert len(keys) == 33 and len(set(keys)) == len(keys)
 
 
+def test_workers_in_lockstep_do_not_clash_again_on_the_next_best(tmp_path, monkeypatch):
+    # Two workers propose the same best prediction at the same moment, in a space small enough
+    # that both pools hold every unseen configuration. Each look at the claims waits for the
+    # other worker, so both see the clash every time; a retry that took the next best
+    # prediction would clash again on every try and end in a duplicate.
+    from safs_optuna.samplers import claims
+    from safs_optuna.samplers.surrogate import _Proposer
+
+    def describe(params: dict) -> list[float]:  # distinct per configuration: no ties to break
+        return [sum(OPS.index(params[f"{s}.left"]) * 6 ** i for i, s in enumerate(SITES)) / 216]
+
+    sampler = SurrogateSampler(seed=0, n_startup_trials=2, describe=describe)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'e.db'}", direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=8)
+    storage = study._storage
+    pending = [storage.get_trial(study.ask()._trial_id) for _ in range(2)]
+    trials = claims.all_trials(study)
+    finished = [t for t in trials if t.state in claims.FINISHED]
+    space = {f"{s}.left": optuna.distributions.CategoricalDistribution(OPS) for s in SITES}
+    proposer = _Proposer(sampler, space, finished, claims.value_score(True))
+
+    barrier = threading.Barrier(2, timeout=10)
+    real = claims.all_trials
+
+    def in_lockstep(study):
+        try:
+            barrier.wait()  # both claims are written before either reads
+            seen = real(study)
+            barrier.wait()  # both have read before either writes its next claim
+        except threading.BrokenBarrierError:  # the other one is done: nothing left to sync
+            seen = real(study)
+        return seen
+
+    monkeypatch.setattr(claims, "all_trials", in_lockstep)
+    proposals: dict[int, dict] = {}
+
+    def claim(i: int) -> None:
+        try:  # the same first stream: two workers at the same position asking at once
+            proposals[i] = claims.claim_unseen(study, pending[i], trials, proposer, claims.default_key,
+                                               np.random.default_rng(7), 0, len(finished))
+        finally:
+            barrier.abort()  # release the other worker if it still waits
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(proposals) == 2 and proposals[0] != proposals[1]
+
+
 def test_a_small_space_is_exhausted_before_anything_repeats():
     study = optuna.create_study(direction="maximize", sampler=SurrogateSampler(seed=0, n_startup_trials=2))
     study.optimize(lambda t: WORTH[t.suggest_categorical("a", OPS[:3])] + WORTH[t.suggest_categorical("b", OPS[:3])],

@@ -54,8 +54,13 @@ class Proposes(Protocol):
 
     space: Mapping[str, BaseDistribution]
 
-    def propose(self, rng: np.random.Generator, taken: set[Hashable]) -> dict[str, Any]:
-        """A configuration of ``space`` whose key is not in ``taken`` (where one is left)."""
+    def propose(self, rng: np.random.Generator, taken: set[Hashable], retry: int = 0) -> dict[str, Any]:
+        """A configuration of ``space`` whose key is not in ``taken`` (where one is left).
+
+        ``retry`` counts the proposals of this trial that clashed with another worker's: a
+        proposer whose choice is not random (e.g. the best predicted) should let ``rng`` pick
+        among its near-best on a retry, or two workers that clashed clash again on the next best.
+        """
         ...
 
 
@@ -181,7 +186,8 @@ def claim_unseen(
     # Claim the proposal in the storage, then look again: of two workers proposing the same
     # configuration at once, at least one writes its claim before the other reads, so at
     # least one sees the clash, and whoever sees it proposes again, from a stream of its
-    # own trial's (two workers at the same chain position may share the first stream).
+    # own trial's (two workers at the same chain position may share the first stream), telling
+    # the proposer it is a retry so that a deterministic choice does not repeat the clash.
     for attempt in range(_CLAIM_TRIES):
         storage.set_trial_system_attr(trial_id, CLAIM_ATTR, proposal)
         others = all_trials(study)
@@ -189,7 +195,7 @@ def claim_unseen(
         if key(proposal) not in taken and not matches_partial(others, proposal, space, trial.number):
             return proposal
         rng = np.random.default_rng([seed, position, trial.number, attempt])
-        proposal = proposer.propose(rng, taken)
+        proposal = proposer.propose(rng, taken, retry=attempt + 1)
     storage.set_trial_system_attr(trial_id, CLAIM_ATTR, proposal)
     _logger.debug("trial %d still clashed after %d claims", trial.number, _CLAIM_TRIES)
     return proposal

@@ -27,6 +27,9 @@ from safs_optuna.samplers.values import random_value, to_unit
 
 __all__ = ["SurrogateSampler"]
 
+# On a retry after a clash, how many of the best-predicted configurations a proposal is drawn from.
+_RETRY_CHOICES = 4
+
 Describe = Callable[[dict[str, Any]], Sequence[float]]
 
 
@@ -205,7 +208,7 @@ class _Proposer:
         self._known = [{n: t.params[n] for n in space} for t in finished]
         self._targets = _rank_targets([score(t) for t in finished])
 
-    def propose(self, rng: np.random.Generator, taken: set[Hashable]) -> dict[str, Any]:
+    def propose(self, rng: np.random.Generator, taken: set[Hashable], retry: int = 0) -> dict[str, Any]:
         s = self._sampler
         pool: list[dict[str, Any]] = []
         seen = set(taken)
@@ -222,4 +225,10 @@ class _Proposer:
         if len(self._known) < max(s._startup, 1):
             return pool[0]
         predicted = s.predict(self.space, self._known, self._targets, pool)
+        if retry:
+            # Another worker claimed the same best at the same moment; in a small space both
+            # pools hold every unseen configuration, so the argmax would clash again. Each
+            # trial's own retry stream picks among the few best predicted instead.
+            best = np.argsort(-predicted, kind="stable")[:_RETRY_CHOICES]
+            return pool[int(best[rng.integers(len(best))])]
         return pool[int(np.argmax(predicted))]  # the first of ties: the pool's order is seeded

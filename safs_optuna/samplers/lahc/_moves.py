@@ -73,9 +73,10 @@ class Proposer:
         """The parameters that moves change, with their distributions."""
         return self._space
 
-    def propose(self, rng: np.random.Generator, taken: set[Hashable]) -> dict[str, Any]:
+    def propose(self, rng: np.random.Generator, taken: set[Hashable], retry: int = 0) -> dict[str, Any]:
         """A neighbour whose key is not in ``taken``: random ones first, then every one-node
-        neighbour and swap, then two-step moves, then any unseen configuration."""
+        neighbour and swap, then two-step moves, then any unseen configuration. (Every draw is
+        from ``rng`` already, so a retry needs nothing else.)"""
         def unseen(params: dict[str, Any]) -> bool:
             return self._key(params) not in taken
 
