@@ -20,6 +20,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from . import __version__
+from .interrupts import catch_interrupts, interrupted
 
 EXIT_USAGE = 2
 MAX_SEEDS = 1000
@@ -249,6 +250,9 @@ def _run_workers(args: argparse.Namespace, threads: int, pipes, logfile=None) ->
         _stop_workers(procs.values())
         raise
     except Exception as exc:  # the other workers go on with the study
+        if interrupted():  # it failed because of Ctrl-C (e.g. marking its trial, not waited out)
+            _stop_workers(procs.values())
+            raise KeyboardInterrupt from exc
         own_error = exc
         line = _failure_line(args, exc)
         if line is not None:  # as a worker process says it; an unexpected error is raised below
@@ -558,20 +562,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    catch_interrupts()
     try:
         return args.func(args)
     except UserError as exc:
         print(f"safs-optuna: {_one_line(exc)}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        print("\nsafs-optuna: interrupted; run the same command again to resume", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return _interrupted()
     except BrokenPipeError:
         # Whoever read the output stopped reading (`status | head`): end quietly, as shell tools
         # do, with stdout pointed at nothing so that the interpreter's last flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception as exc:
+        if interrupted():  # what failed after Ctrl-C failed because of it (a storage call not waited out)
+            return _interrupted()
         line = _failure_line(args, exc)
         if line is None:
             raise
@@ -579,6 +585,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(exc)
         print(f"safs-optuna: {line}", file=sys.stderr)
         return _failure_code(exc)
+
+
+def _interrupted() -> int:
+    print("\nsafs-optuna: interrupted; run the same command again to resume", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 def _failure_code(exc: Exception) -> int:

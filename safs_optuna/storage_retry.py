@@ -47,6 +47,7 @@ import sqlalchemy.exc
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from .interrupts import interrupted
 from .optuna_private import rdb_models, rdb_session
 
 __all__ = ["RETRY_SECONDS", "TOKEN_ATTR", "Outage", "RetryingRDBStorage", "is_lost_connection", "outage_for"]
@@ -188,7 +189,8 @@ def call_with_retry(outage: Outage, limit: float, call: Callable[[], _T],
                     lost: Callable[[BaseException], bool] = is_lost_connection) -> _T:
     """``call()``, tried again while it fails on a lost connection, for up to ``limit`` seconds
     of outage; ``again`` (default ``call``) makes the later tries, e.g. first looking whether the
-    lost try committed. Beyond the limit, the last error is raised."""
+    lost try committed. Beyond the limit, or once the process was interrupted (Ctrl-C), the last
+    error is raised."""
     attempt = collisions = 0
     step = call
     while True:
@@ -196,7 +198,8 @@ def call_with_retry(outage: Outage, limit: float, call: Callable[[], _T],
             result = step()
         except Exception as exc:
             if lost(exc):
-                if not outage.failed(exc, limit):
+                # After Ctrl-C nothing is waited out: the user wants the command to end.
+                if interrupted() or not outage.failed(exc, limit):
                     raise
             elif _is_collision(exc) and collisions + 1 < _COLLISION_TRIES:
                 collisions += 1

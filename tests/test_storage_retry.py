@@ -128,6 +128,30 @@ def test_retry_seconds_zero_raises_at_once_without_a_line(tmp_path, caplog):
     assert faults.failed == 1 and _lines(caplog) == []
 
 
+def test_after_ctrl_c_an_outage_is_not_waited_out(tmp_path, caplog, monkeypatch):
+    # A worker interrupted while the database is locked or gone ends at once, without a line.
+    import signal
+
+    from safs_optuna import interrupts
+
+    monkeypatch.setattr(interrupts, "_event", threading.Event())
+    monkeypatch.setattr(signal, "getsignal", lambda _: signal.default_int_handler)
+    installed = {}
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.setdefault(sig, handler))
+    interrupts.catch_interrupts()
+    storage, faults = _storage(tmp_path, retry_seconds=30)
+    study = optuna.create_study(storage=storage, study_name="s")
+    with pytest.raises(KeyboardInterrupt):
+        installed[signal.SIGINT](signal.SIGINT, None)  # what Ctrl-C does
+    assert interrupts.interrupted()
+    faults.down_for(60)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="safs_optuna.storage"), pytest.raises(Exception) as err:
+        study.ask()
+    assert time.monotonic() - start < 5 and is_lost_connection(err.value)
+    assert faults.failed == 1 and _lines(caplog) == []
+
+
 def test_other_errors_are_not_retried(tmp_path):
     storage, _ = _storage(tmp_path, retry_seconds=30)
     with pytest.raises(KeyError):
